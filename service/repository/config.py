@@ -1,0 +1,275 @@
+"""Per-model configuration: what `REPO/<model>/config.yaml` may say, validated by pydantic.
+
+The training package writes this file through these same classes (`models/publish.py`), so what the
+trainer writes is exactly what the server reads. A model without a config gets one derived from its
+ONNX graph (`service/repository/scan.py`). Every field has a docstring: they feed the README's
+configuration reference (`docs/configuration.md`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TensorSpec(_Strict):
+    """One input or output tensor of a model."""
+
+    name: str
+    """Tensor name in the ONNX graph."""
+    datatype: Datatype
+    """Open Inference Protocol datatype (FP32, INT64, ...)."""
+    shape: list[int]
+    """Full shape; -1 marks a dynamic axis. With batching on, axis 0 is the batch axis."""
+    pad_value: float | None = None
+    """Inputs only: when requests in one batch differ in a non-batch axis (texts of different lengths,
+    audio of different durations), pad them to the longest with this value. Unset: only requests
+    of equal shape share a batch."""
+
+
+class VersionPolicy(_Strict):
+    """Which integer version folders are served (Triton's version_policy)."""
+
+    policy: Literal["latest", "all", "specific"] = "latest"
+    """`latest`: the newest `num_versions`; `all`: every version; `specific`: those listed in `versions`."""
+    num_versions: int = Field(1, ge=1)
+    """With `latest`: how many of the newest versions to serve."""
+    versions: list[int] = []
+    """With `specific`: the versions to serve."""
+
+
+# ---- task sections: the pre- and post-processing of the friendly /v1 endpoints -------------------
+
+
+class ImageClassificationTask(_Strict):
+    """Image in (PNG/JPEG/...), top-k labels out."""
+
+    type: Literal["image-classification"] = "image-classification"
+    input: str
+    """Model input that receives the image tensor."""
+    output: str
+    """Model output holding class scores, shape [batch, classes]."""
+    size: tuple[int, int]
+    """(height, width) the image is brought to."""
+    channels: Literal["RGB", "L"] = "RGB"
+    """Colour mode fed to the model: RGB (3 channels) or L (grayscale, 1 channel)."""
+    resize: Literal["stretch", "center-crop", "pad"] = "stretch"
+    """`stretch` to size; `center-crop` the shorter side then scale; `pad` to a square then scale."""
+    mean: list[float] = [0.0]
+    """Per-channel mean subtracted after scaling pixels to [0, 1]."""
+    std: list[float] = [1.0]
+    """Per-channel standard deviation divided by after subtracting the mean."""
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    """Tensor layout of the model input."""
+    invert: bool = False
+    """Invert intensities first (models trained on light strokes on dark ground, e.g. MNIST-style digits)."""
+    autocontrast: bool = False
+    """Stretch intensities to the full range before normalising (helps with photos of paper)."""
+    logits: bool = True
+    """The output is logits (softmax is applied); false when the model already emits probabilities."""
+    labels: list[str] = []
+    """Class names by index."""
+    top_k: int = Field(5, ge=1)
+    """Default number of labels returned."""
+
+
+class TextClassificationTask(_Strict):
+    """Text in, label scores out."""
+
+    type: Literal["text-classification"] = "text-classification"
+    tokenizer: str = "tokenizer.json"
+    """A `tokenizers` tokenizer file beside model.onnx."""
+    input_ids: str = "input_ids"
+    """Model input for token ids, shape [batch, length]."""
+    attention_mask: str | None = "attention_mask"
+    """Model input for the mask (1 = token, 0 = padding); unset when the model has none."""
+    output: str = "logits"
+    """Model output holding class scores, shape [batch, classes]."""
+    max_length: int = Field(128, ge=1)
+    """Longest token sequence fed to the model."""
+    truncation: Literal["truncate", "refuse"] = "truncate"
+    """Longer texts are cut to max_length (the response says so) or refused with 400."""
+    lowercase: bool = False
+    """Lower-case text before tokenizing (when the tokenizer does not already)."""
+    multi_label: bool = False
+    """Independent sigmoid per label instead of a softmax over labels."""
+    labels: list[str] = []
+    """Class names by index."""
+    top_k: int = Field(3, ge=1)
+    """Default number of labels returned."""
+
+
+class SpeechRecognitionTask(_Strict):
+    """Audio in, transcript out (CTC greedy decoding)."""
+
+    type: Literal["speech-recognition"] = "speech-recognition"
+    input: str = "audio"
+    """Model input for the waveform, float32 [batch, samples] in [-1, 1]."""
+    lengths_input: str | None = "audio_lengths"
+    """Model input for the number of valid samples per item (int64 [batch]); unset if none."""
+    output: str = "log_probs"
+    """Model output of per-frame log-probabilities, shape [batch, frames, vocabulary]."""
+    output_lengths: str | None = "frame_lengths"
+    """Model output of the number of valid frames per item; unset if every frame is valid."""
+    sample_rate: int = 16000
+    """Sample rate the model expects; other rates are resampled."""
+    max_duration_s: float = Field(20.0, gt=0)
+    """Longer recordings are refused with 400."""
+    vocabulary: list[str]
+    """CTC symbols by index; `blank_index` is the blank."""
+    blank_index: int = 0
+    """Index of the CTC blank symbol."""
+    frame_shift_s: float = 0.01
+    """Seconds between output frames (for timestamps)."""
+
+
+class AudioClassificationTask(_Strict):
+    """Audio in, labels out."""
+
+    type: Literal["audio-classification"] = "audio-classification"
+    input: str = "audio"
+    """Model input for the waveform, float32 [batch, samples]."""
+    lengths_input: str | None = None
+    """Model input for valid samples per item, if the model has one."""
+    output: str = "logits"
+    """Model output holding class scores."""
+    sample_rate: int = 16000
+    """Sample rate the model expects."""
+    max_duration_s: float = Field(20.0, gt=0)
+    """Longer recordings are refused with 400."""
+    logits: bool = True
+    """Apply softmax to the output."""
+    labels: list[str] = []
+    """Class names by index."""
+    top_k: int = Field(5, ge=1)
+    """Default number of labels returned."""
+
+
+class EmbeddingTask(_Strict):
+    """Text in, vectors out."""
+
+    type: Literal["embedding"] = "embedding"
+    tokenizer: str = "tokenizer.json"
+    """A `tokenizers` tokenizer file beside model.onnx."""
+    input_ids: str = "input_ids"
+    """Model input for token ids."""
+    attention_mask: str | None = "attention_mask"
+    """Model input for the mask."""
+    output: str = "last_hidden_state"
+    """Model output: [batch, length, dim] token states, or [batch, dim] already pooled."""
+    max_length: int = Field(128, ge=1)
+    """Longest token sequence fed to the model (longer texts are truncated)."""
+    pooling: Literal["mean", "cls", "none"] = "mean"
+    """How token states become one vector; `none` when the output is already pooled."""
+    normalize: bool = True
+    """L2-normalise each vector."""
+
+
+TaskConfig = Annotated[
+    ImageClassificationTask | TextClassificationTask | SpeechRecognitionTask | AudioClassificationTask | EmbeddingTask,
+    Field(discriminator="type"),
+]
+
+
+class ModelConfig(_Strict):
+    """How one model (all its versions) is served. Every field is optional in `config.yaml`."""
+
+    name: str | None = None
+    """Model name; defaults to the folder name and must match it when given."""
+    description: str = ""
+    """Free text shown in metadata and `GET /v1/models`."""
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    """Backend; ONNX Runtime is the only one."""
+    inputs: list[TensorSpec] = []
+    """Inputs; empty means read them from the ONNX graph. Given entries may set `pad_value`."""
+    outputs: list[TensorSpec] = []
+    """Outputs; empty means read them from the ONNX graph."""
+    max_batch_size: int | None = Field(None, ge=0)
+    """Most items in one server-side batch; 0 turns batching off. Unset: 32 when every input's
+    first axis is dynamic in the graph, else 0."""
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    """Longest time the oldest queued request waits for a batch to fill, once concurrent requests are
+    queued. An idle server runs a lone request at once."""
+    preferred_batch_sizes: list[int] = []
+    """Batch sizes to cut at as soon as they are reached (before max_batch_size)."""
+    max_queue_size: int = Field(256, ge=1)
+    """Most requests waiting per model version; beyond it the server answers 503 with Retry-After."""
+    request_timeout_s: float | None = Field(None, gt=0)
+    """Default per-request timeout (504 after it); unset: the server's `request_timeout_s`."""
+    instances: int = Field(1, ge=1)
+    """ONNX Runtime sessions run in parallel for this model."""
+    providers: list[str] | None = None
+    """Execution-provider preference, e.g. [CUDAExecutionProvider, CPUExecutionProvider];
+    unset: the server's `providers` setting."""
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime choose."""
+    inter_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime inter-op threads per session; 0 lets ONNX Runtime choose."""
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    """ONNX Runtime graph optimisation level."""
+    warmup: bool = True
+    """Run one inference on zeros at load so the first request is not slow."""
+    version_policy: VersionPolicy = VersionPolicy()
+    """Which versions are served."""
+    labels: list[str] = []
+    """Class names by index (also read from labels.txt beside model.onnx when empty)."""
+    task: TaskConfig | None = None
+    """Pre/post-processing for the /v1 task endpoints; unset: v2 tensors only."""
+    provenance: dict[str, Any] = {}
+    """Free-form facts about how the model was made (data, metrics, parity, sha256, commit)."""
+    parameters: dict[str, Any] = {}
+    """Free-form extra metadata shown in model metadata."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.max_batch_size and any(p > self.max_batch_size for p in self.preferred_batch_sizes):
+            raise ValueError(
+                f"preferred_batch_sizes {self.preferred_batch_sizes} exceed max_batch_size {self.max_batch_size}"
+            )
+        return self
+
+    @property
+    def batching(self) -> bool:
+        return bool(self.max_batch_size)
+
+
+CONFIG_FILE = "config.yaml"
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Read and validate a config file; errors name the file and the offending field.
+
+    Raises ValueError with a one-line, human-readable message.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise ValueError(f"{path}: {problems}") from exc
+
+
+def dump_config(config: ModelConfig, path: Path) -> None:
+    """Write a config as YAML, leaving out defaults so files stay short."""
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    if config.task is not None:  # the discriminator has a default, but a reader needs it
+        data["task"] = {"type": config.task.type, **data.get("task", {})}
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
