@@ -18,7 +18,9 @@ KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExe
 class Settings(BaseSettings):
     """Server settings. Each field is also the environment variable `DEEPSERVE_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="DEEPSERVE_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DEEPSERVE_", env_nested_delimiter="__", extra="ignore", use_attribute_docstrings=True
+    )
 
     model_repository: Path = Path("model_repository")
     """Folder laid out as `<model>/[config.yaml]` and `<model>/<version>/model.onnx`."""

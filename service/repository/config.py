@@ -20,7 +20,7 @@ Datatype = Literal[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
 
 
 class TensorSpec(_Strict):
@@ -82,6 +82,16 @@ class ImageClassificationTask(_Strict):
     """Class names by index."""
     top_k: int = Field(5, ge=1)
     """Default number of labels returned."""
+
+    @model_validator(mode="after")
+    def _check_normalisation(self) -> ImageClassificationTask:
+        channels = 3 if self.channels == "RGB" else 1
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"task.{name} has {len(values)} values; give 1 or {channels} (channels {self.channels})")
+        if any(s == 0 for s in self.std):
+            raise ValueError("task.std must not contain 0")
+        return self
 
 
 class TextClassificationTask(_Strict):

@@ -1,0 +1,95 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan (load models, drain on shutdown) and routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import install_handlers
+from service.middleware import BodyLimit, RequestContext
+from service.repository.registry import ModelRegistry
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+deepserve serves every model of a model repository through ONNX Runtime with server-side dynamic
+batching.
+
+* **/v2/...** — the Open Inference Protocol (KServe v2), as Triton and KServe speak it: JSON tensors
+  and the binary tensor data extension; `tritonclient.http` works unchanged.
+* **/v1/models/{name}/predict** — send an image, a text or a recording; get labels or a transcript.
+* **/metrics** — Prometheus metrics.
+
+Errors are `{"error": "<what is wrong and how to fix it>", "code": "<code>"}`.
+"""
+
+
+def package_version() -> str:
+    try:
+        return version("deepserve")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; models load in the lifespan, so nothing heavy happens here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings)
+        app.state.registry = registry
+        await registry.start()
+        app.state.started = True
+        try:
+            yield
+        finally:
+            app.state.started = False
+            await registry.stop()
+
+    app = FastAPI(
+        title="deepserve",
+        version=package_version(),
+        description=DESCRIPTION,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started = False
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestContext)
+
+    from service.api import admin, tasks, v2  # routers import the registry's types
+
+    app.include_router(v2.router)
+    app.include_router(admin.router)
+    app.include_router(tasks.router)
+
+    if settings.metrics:
+
+        @app.get("/metrics", include_in_schema=True, tags=["monitoring"], response_class=Response,
+                 summary="Prometheus metrics")
+        def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for multi-worker uvicorn: each worker reads the same DEEPSERVE_* environment."""
+    settings = Settings()
+    from service.log import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tmp model repository and the real app behind real HTTP (httpx + ASGI)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/onnx_models.py, tests/server.py
+
+from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+AppClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """An empty model repository folder; tests fill it with `onnx_models.write_model`."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    return path
+
+
+@asynccontextmanager
+async def serve_app(repository: Path, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app on `repository`, lifespan entered, behind an httpx client speaking ASGI."""
+    settings = Settings(model_repository=repository, **overrides)
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://deepserve", timeout=60) as client:
+            yield client
+
+
+@pytest.fixture
+def app_client(repo: Path) -> AppClient:
+    """`async with app_client(**settings) as client:` serves the `repo` fixture's models."""
+
+    def factory(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return serve_app(repo, **overrides)
+
+    return factory
