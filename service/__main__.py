@@ -8,12 +8,13 @@ when the repository has no models yet, then serves it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,18 @@ def serve(settings: Settings) -> None:
         return
     from service.app import create_app
 
-    uvicorn.Server(uvicorn.Config(create_app(settings), **config)).run()
+    _Server(uvicorn.Config(create_app(settings), **config)).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies by the signal
+    (exit -15). Once queued and in-flight requests have drained, a clean shutdown should exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def _json(value: Any) -> str:

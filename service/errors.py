@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -82,11 +82,11 @@ def error_body(message: str, code: str) -> dict[str, str]:
     return {"error": message, "code": code}
 
 
-async def _service_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status >= 500:
         logger.warning("%s: %s", exc.code, exc.message)
-    return ORJSONResponse(error_body(exc.message, exc.code), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(error_body(exc.message, exc.code), status_code=exc.status, headers=exc.headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -97,22 +97,22 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "request does not match the schema: " + "; ".join(parts) + " (see /docs for the expected body)"
 
 
-async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return ORJSONResponse(error_body(_describe_validation(exc), "invalid_request"), status_code=422)
+    return JSONResponse(error_body(_describe_validation(exc), "invalid_request"), status_code=422)
 
 
-async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return ORJSONResponse(
+    return JSONResponse(
         error_body(str(exc.detail), code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return ORJSONResponse(
+    return JSONResponse(
         error_body("internal server error; the server log has the details", "internal"), status_code=500
     )
 

@@ -1,0 +1,287 @@
+"""Open Inference Protocol (KServe v2) routes: health, server and model metadata, model ready, infer.
+
+Routes are thin: the infer route reads the raw body (JSON, or JSON header + raw tensors with the
+binary tensor data extension), and `infer` decodes it with `service.protocol.codec`, queues it on the
+model, selects and encodes the outputs. Status codes follow the protocol: readiness is 200 or 503
+(never 404 for a model the server knows), errors are `{"error": ..., "code": ...}`.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+
+from service.api.deps import RegistryDep, SettingsDep
+from service.errors import (
+    InvalidInput,
+    ModelNotReady,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    error_body,
+)
+from service.metrics import FAILURES, IN_FLIGHT, REQUEST_LATENCY, REQUESTS
+from service.protocol import codec
+from service.protocol.binary import HEADER_LENGTH
+from service.protocol.schema import (
+    INFERENCE_REQUEST_EXAMPLE,
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadataResponse,
+    ServerMetadataResponse,
+    TensorMetadata,
+    inline_schema,
+)
+from service.repository.registry import LoadedModel, ModelRegistry, ModelState
+from service.settings import Settings
+
+# FastAPI serialises returned models itself; ORJSONResponse is deprecated (FastAPIDeprecationWarning)
+router = APIRouter(tags=["v2"], default_response_class=JSONResponse)
+
+EXTENSIONS = ["model_repository", "binary_tensor_data"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [(400, "Invalid request: the error names the input, the rule and the value"),
+                       (404, "Unknown model or version"), (413, "Request body too large"),
+                       (503, "Model not ready, queue full (Retry-After) or shutting down"),
+                       (504, "The request's timeout passed before it was computed")]
+}
+_PROBE = {200: {"description": "Ready (empty body)"},
+          503: {"model": ErrorResponse, "description": "Not ready; `error` says why"}}
+
+
+# ---- health and metadata ---------------------------------------------------------------------------
+
+
+@router.get("/v2", summary="Server metadata")
+def server_metadata(request: Request) -> ServerMetadataResponse:
+    return ServerMetadataResponse(name="deepserve", version=request.app.version, extensions=EXTENSIONS)
+
+
+@router.get("/v2/health/live", summary="Liveness: 200 while the process answers",
+            response_class=Response, responses={200: {"description": "Live (empty body)"}})
+def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/v2/health/ready", summary="Readiness: 200 once startup has loaded the models, else 503",
+            response_class=Response, responses=_PROBE)
+def ready(request: Request) -> Response:
+    state = request.app.state
+    if not getattr(state, "started", False):
+        return _not_ready("the server is starting: models are still loading", "server_not_ready")
+    settings: Settings = state.settings
+    reason = server_unready_reason(state.registry, strict=settings.strict_readiness)
+    return Response(status_code=200) if reason is None else _not_ready(reason, "server_not_ready")
+
+
+@router.get("/v2/models/{name}", summary="Model metadata (latest version)", responses=_ERRORS)
+def model_metadata(name: str, registry: RegistryDep) -> ModelMetadataResponse:
+    return describe_model(registry, registry.find(name))
+
+
+@router.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)", responses=_ERRORS)
+def model_version_metadata(name: str, version: str, registry: RegistryDep) -> ModelMetadataResponse:
+    return describe_model(registry, registry.find(name, version))
+
+
+@router.get("/v2/models/{name}/ready", summary="Model readiness: 200 or 503 (404 only for unknown models)",
+            response_class=Response, responses={**_PROBE, 404: _ERRORS[404]})
+def model_ready(name: str, registry: RegistryDep) -> Response:
+    return model_probe(registry.find(name))
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version readiness: 200 or 503",
+            response_class=Response, responses={**_PROBE, 404: _ERRORS[404]})
+def model_version_ready(name: str, version: str, registry: RegistryDep) -> Response:
+    return model_probe(registry.find(name, version))
+
+
+def server_unready_reason(registry: ModelRegistry, *, strict: bool) -> str | None:
+    """Why the server is not ready, or None. Strict readiness also waits out failed loads."""
+    models = registry.models()
+    loading = [f"{m.name}/{m.version}" for m in models if m.state is ModelState.LOADING]
+    if loading:
+        return f"models still loading: {', '.join(loading)}"
+    failed = [f"{m.name}/{m.version} ({m.error})" for m in models
+              if m.state is ModelState.UNAVAILABLE and not m.unloaded]  # an unload is deliberate
+    if strict and failed:
+        return f"strict readiness: models failed to load: {'; '.join(failed)}"
+    return None
+
+
+def model_probe(model: LoadedModel) -> Response:
+    if model.state is ModelState.READY:
+        return Response(status_code=200)
+    reason = f": {model.error}" if model.error else ""
+    return _not_ready(f"model '{model.name}' version {model.version} is {model.state}{reason}", ModelNotReady.code)
+
+
+def _not_ready(message: str, code: str) -> Response:
+    return Response(orjson.dumps(error_body(message, code)), status_code=503, media_type="application/json",
+                    headers={"Retry-After": "1"})
+
+
+def describe_model(registry: ModelRegistry, model: LoadedModel) -> ModelMetadataResponse:
+    """The protocol's metadata, plus state, error, providers, batching, task, labels, provenance."""
+    config = model.config
+    versions = sorted({m.version for m in registry.models() if m.name == model.name}, key=_version_key)
+    batching = None
+    if config.batching:
+        batching = {"max_batch_size": config.max_batch_size, "max_queue_delay_ms": config.max_queue_delay_ms,
+                    "preferred_batch_sizes": config.preferred_batch_sizes, "max_queue_size": config.max_queue_size}
+    extras: dict[str, Any] = {
+        **config.parameters,
+        "version": model.version,
+        "state": str(model.state),
+        "error": model.error,
+        "providers": model.providers,
+        "batching": batching,
+        "instances": config.instances,
+        "task": config.task.model_dump(mode="json") if config.task else None,
+        "labels": config.labels,
+        "description": config.description,
+        "provenance": config.provenance,
+    }
+    return ModelMetadataResponse(
+        name=model.name,
+        versions=versions,
+        platform=config.platform,
+        inputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in config.inputs],
+        outputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in config.outputs],
+        parameters=extras,
+    )
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+# ---- infer -----------------------------------------------------------------------------------------
+
+_INFER_DOC = (
+    "Send an `InferenceRequest` as JSON, or with the binary tensor data extension: the JSON header, "
+    f"then each binary input's raw bytes (little-endian, row-major; BYTES as 4-byte length + bytes), with "
+    f"`{HEADER_LENGTH}` set to the header's byte length and `parameters.binary_data_size` on each binary "
+    "input. Outputs asked for with `parameters.binary_data` (or request-level `binary_data_output`) come "
+    f"back as raw bytes after the JSON header, `{HEADER_LENGTH}` set and content type "
+    "`application/octet-stream`. `parameters.timeout` is in microseconds, as in Triton. "
+    "`Content-Encoding: gzip` or `deflate` bodies are accepted."
+)
+_INFER_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": inline_schema(InferenceRequest),
+                "example": INFERENCE_REQUEST_EXAMPLE,
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary",
+                           "description": f"JSON header of `{HEADER_LENGTH}` bytes, then raw tensor bytes"},
+            },
+        },
+    },
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": InferenceResponse, "description": "Outputs as JSON, or JSON header + raw bytes",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    **_ERRORS,
+}
+
+
+@router.post("/v2/models/{name}/infer", summary="Inference (latest ready version)", description=_INFER_DOC,
+             response_class=Response, responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI)
+async def infer_latest(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+    body = await read_body(request, limit=settings.max_request_bytes)
+    return await infer(registry, settings, name=name, version=None, body=body, headers=request.headers)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)",
+             description=_INFER_DOC, response_class=Response, responses=_INFER_RESPONSES,
+             openapi_extra=_INFER_OPENAPI)
+async def infer_version(name: str, version: str, request: Request, registry: RegistryDep,
+                        settings: SettingsDep) -> Response:
+    body = await read_body(request, limit=settings.max_request_bytes)
+    return await infer(registry, settings, name=name, version=version, body=body, headers=request.headers)
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The raw body, inflated when `Content-Encoding` is gzip or deflate (at most `limit` bytes)."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(
+            f"the {encoding} body inflates to more than {limit} bytes; send less data per request or raise "
+            "DEEPSERVE_MAX_REQUEST_BYTES"
+        )
+    return data
+
+
+async def infer(registry: ModelRegistry, settings: Settings, *, name: str, version: str | None, body: bytes,
+                headers: Headers) -> Response:
+    """Decode, queue on the model, select and encode outputs; counts the request in the metrics."""
+    try:
+        model = registry.get(name, version)
+    except ModelNotReady as exc:  # a known name: the label set stays bounded (unknown names are not counted)
+        REQUESTS.labels(name, version or "", "failure").inc()
+        FAILURES.labels(name, version or "", exc.code).inc()
+        raise
+    labels = (model.name, model.version)
+    started = time.perf_counter()
+    IN_FLIGHT.labels(*labels).inc()
+    try:
+        decoded = codec.decode_request(body, header_length=headers.get(HEADER_LENGTH))
+        request = decoded.request
+        declared = [spec.name for spec in model.config.outputs]
+        plan = codec.output_plan(request, declared) if declared else None
+        outputs = await model.infer(decoded.inputs, timeout_s=timeout_s(request, model, settings))
+        if plan is None:
+            plan = codec.output_plan(request, list(outputs))
+        encoded = codec.encode_response(outputs, plan, model_name=model.name, model_version=model.version,
+                                        request_id=request.id)
+    except ServiceError as exc:
+        REQUESTS.labels(*labels, "failure").inc()
+        FAILURES.labels(*labels, exc.code).inc()
+        raise
+    except Exception:
+        REQUESTS.labels(*labels, "failure").inc()
+        FAILURES.labels(*labels, "internal").inc()
+        raise
+    finally:
+        IN_FLIGHT.labels(*labels).dec()
+        REQUEST_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+    REQUESTS.labels(*labels, "success").inc()
+    extra = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
+    return Response(encoded.body, media_type=encoded.media_type, headers=extra)
+
+
+def timeout_s(request: InferenceRequest, model: LoadedModel, settings: Settings) -> float:
+    """The request's `parameters.timeout` (microseconds, Triton's unit), capped at the model's default.
+
+    0 or absent means the default: the model's `request_timeout_s`, else the server's.
+    """
+    default = model.config.request_timeout_s or settings.request_timeout_s
+    asked = request.parameters.timeout if request.parameters else None
+    if asked is None or asked == 0:
+        return default
+    if asked < 0:
+        raise InvalidInput(f"parameters.timeout is {asked}; give microseconds > 0 (or 0 for the default)")
+    return min(asked / 1_000_000, default)

@@ -1,0 +1,149 @@
+"""OnnxSession: build an ONNX Runtime session from a ModelConfig, warm it up, run it synchronously.
+
+`run` is called from a worker thread by the batcher (one thread per instance, bounded there); it
+holds no lock, ONNX Runtime sessions may be run concurrently. The datatype tables here are the
+runtime side of the v2 <-> ONNX mapping: ONNX Runtime type strings and the numpy dtypes they take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import onnxruntime as ort
+
+from service.repository.config import Datatype, ModelConfig, TensorSpec
+from service.runtime.providers import describe_fallback, resolve_providers
+from service.types import Tensor, TensorMap
+
+logger = logging.getLogger(__name__)
+
+# ONNX Runtime's NodeArg.type -> Open Inference Protocol datatype
+ORT_DATATYPES: dict[str, Datatype] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+# v2 datatype -> the numpy dtype ONNX Runtime takes and returns (BYTES travel as object arrays)
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+assert set(NUMPY_DTYPES) == set(get_args(Datatype))
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(config: ModelConfig) -> ort.SessionOptions:
+    """Threads and graph optimisation from the model config (0 threads: ONNX Runtime decides)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
+    if config.inter_op_threads > 1:  # inter-op threads only matter in parallel execution mode
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    return options
+
+
+def tensor_spec(arg: Any) -> TensorSpec:
+    """ONNX Runtime NodeArg -> TensorSpec; symbolic or unknown dims become -1."""
+    datatype = ORT_DATATYPES.get(arg.type)
+    if datatype is None:
+        raise ValueError(f"tensor '{arg.name}' has type {arg.type}, which the v2 protocol cannot carry")
+    shape = [dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or [])]
+    return TensorSpec(name=arg.name, datatype=datatype, shape=shape)
+
+
+def zeros_like_spec(spec: TensorSpec) -> Tensor:
+    """A zero tensor for warm-up: dynamic dims -> 1, strings -> empty strings."""
+    shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+
+
+def _ort_input(array: Tensor) -> Tensor:
+    """ONNX Runtime str()-s bytes objects ("b'abc'"); hand it text instead. Other arrays pass as is."""
+    if array.dtype.kind == "S":
+        return np.char.decode(array, "utf-8").astype(object)
+    if array.dtype == object and array.size and any(isinstance(v, bytes) for v in array.flat):
+        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(array)
+    return array
+
+
+class OnnxSession:
+    """One ONNX Runtime session; `providers` is what the session reports, not what was asked for."""
+
+    def __init__(self, session: ort.InferenceSession, *, path: Path) -> None:
+        self._session = session
+        self.path = path
+        self.providers: list[str] = list(session.get_providers())
+        self.inputs: list[TensorSpec] = [tensor_spec(arg) for arg in session.get_inputs()]
+        self.outputs: list[TensorSpec] = [tensor_spec(arg) for arg in session.get_outputs()]
+        self._output_names = [spec.name for spec in self.outputs]
+
+    @classmethod
+    def load(cls, path: Path, *, config: ModelConfig, providers: Sequence[str]) -> OnnxSession:
+        """Create the session (slow: call it off the event loop) and warm it up if config.warmup.
+
+        Raises whatever ONNX Runtime raises for a missing or corrupt file; the registry turns it
+        into the model's not-ready reason.
+        """
+        requested = resolve_providers(providers)
+        session = ort.InferenceSession(str(path), sess_options=session_options(config), providers=requested)
+        loaded = cls(session, path=path)
+        fallback = describe_fallback(requested, loaded.providers)
+        if fallback:
+            logger.warning("%s: %s", path, fallback)
+        if config.warmup:
+            loaded.warm_up({spec.name: spec.shape for spec in config.inputs})
+        return loaded
+
+    def warm_up(self, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Run once on zeros so the first request does not pay for lazy initialisation.
+
+        `shapes` (config input shapes by name) may pin dims the graph leaves dynamic.
+        """
+        feed: TensorMap = {}
+        for spec in self.inputs:
+            shape = (shapes or {}).get(spec.name)
+            if shape is not None and len(shape) == len(spec.shape):
+                spec = spec.model_copy(update={"shape": list(shape)})
+            feed[spec.name] = zeros_like_spec(spec)
+        self.run(feed)
+
+    def run(self, inputs: TensorMap) -> TensorMap:
+        """Every output, by name; synchronous (called in a worker thread)."""
+        feed = {name: _ort_input(array) for name, array in inputs.items()}
+        results = self._session.run(self._output_names, feed)
+        return dict(zip(self._output_names, results, strict=True))

@@ -1,0 +1,82 @@
+"""OnnxSession and provider resolution on real ONNX Runtime sessions (this machine has no GPU)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx_models import batch_size_model, identity_model, write_model
+
+from service.repository.config import ModelConfig
+from service.runtime.providers import resolve_providers
+from service.runtime.session import OnnxSession, session_options
+
+CPU = "CPUExecutionProvider"
+
+
+def test_resolve_keeps_available_preferences_with_cpu_last() -> None:
+    assert resolve_providers([CPU, "CUDAExecutionProvider"])[-1] == CPU
+    assert resolve_providers(["NoSuchExecutionProvider"]) == [CPU]
+    assert resolve_providers([]) == [CPU]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert resolve_providers(["CUDAExecutionProvider", CPU, "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", CPU]
+
+
+def test_cuda_requested_reports_what_really_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_model(tmp_path, "m", batch_size_model()) / "model.onnx"
+    with caplog.at_level(logging.WARNING, logger="service.runtime.session"):
+        session = OnnxSession.load(path, config=ModelConfig(), providers=["CUDAExecutionProvider", CPU])
+    assert session.providers == ort.InferenceSession(str(path), providers=resolve_providers(
+        ["CUDAExecutionProvider"])).get_providers()
+    if session.providers[0] == CPU:  # no usable GPU: the fallback is reported, not hidden
+        assert "CUDAExecutionProvider was requested" in caplog.text
+
+
+def test_graph_tensors_become_specs_with_dynamic_dims_as_minus_one(tmp_path: Path) -> None:
+    model = identity_model([("ids", "INT64", ["batch", "seq"]), ("s", "BYTES", [None, 2]), ("h", "FP16", [1, 3])])
+    session = OnnxSession.load(write_model(tmp_path, "m", model) / "model.onnx", config=ModelConfig(), providers=[CPU])
+    assert [(s.name, s.datatype, s.shape) for s in session.inputs] == [
+        ("ids", "INT64", [-1, -1]), ("s", "BYTES", [-1, 2]), ("h", "FP16", [1, 3])
+    ]
+    assert [s.name for s in session.outputs] == ["ids_out", "s_out", "h_out"]
+
+
+def test_run_returns_every_output_and_passes_strings_as_text(tmp_path: Path) -> None:
+    model = identity_model([("s", "BYTES", ["b"]), ("x", "FP32", ["b", 2])])
+    session = OnnxSession.load(write_model(tmp_path, "m", model) / "model.onnx", config=ModelConfig(), providers=[CPU])
+    out = session.run({"s": np.array([b"caf\xc3\xa9", "tea"], dtype=object), "x": np.ones((2, 2), np.float32)})
+    assert set(out) == {"s_out", "x_out"}
+    assert out["s_out"].tolist() == ["café", "tea"]  # bytes are not str()-ed into "b'...'"
+    assert out["x_out"].dtype == np.float32
+
+
+def test_warm_up_runs_on_zeros_of_every_dtype(tmp_path: Path) -> None:
+    model = identity_model([(f"t{i}", dt, ["b", 2]) for i, dt in enumerate(["BOOL", "UINT8", "INT64", "FP16", "FP64", "BYTES"])])
+    path = write_model(tmp_path, "m", model) / "model.onnx"
+    session = OnnxSession.load(path, config=ModelConfig(warmup=True), providers=[CPU])
+    session.warm_up({"t0": [3, 2]})  # config shapes may pin dynamic dims
+
+
+def test_warm_up_failure_is_a_load_failure(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "m", batch_size_model(features=4)) / "model.onnx"
+    config = ModelConfig.model_validate({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 5]}]})
+    with pytest.raises(Exception, match="x"):
+        OnnxSession.load(path, config=config, providers=[CPU])
+    OnnxSession.load(path, config=config.model_copy(update={"warmup": False}), providers=[CPU])
+
+
+def test_session_options_follow_the_config() -> None:
+    options = session_options(ModelConfig(intra_op_threads=1, inter_op_threads=2, graph_optimization_level="basic"))
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 2
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+    assert session_options(ModelConfig()).graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_a_corrupt_file_raises_naming_it(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "m", b"not a model") / "model.onnx"
+    with pytest.raises(Exception, match="model.onnx"):
+        OnnxSession.load(path, config=ModelConfig(), providers=[CPU])
