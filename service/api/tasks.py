@@ -1,0 +1,318 @@
+"""Friendly task routes: `POST /v1/models/{name}/predict` (image, text, audio in; labels, transcript,
+vectors out) and `GET /v1/models` (what each model takes, with an example request).
+
+One predict route serves every task and reads the body itself, so one URL takes a multipart upload
+(form field `file`, repeated for several files), a raw image or audio body, a text/plain body or JSON;
+the OpenAPI document declares all of them (`openapi_extra`) so /docs "Try it out" works for each
+task. What is accepted depends on the model's `task` section; anything else is a 415 naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import wave
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.deps import RegistryDep
+from service.errors import InvalidInput, UnsupportedMediaType
+from service.repository.registry import LoadedModel
+from service.tasks.catalog import describe
+from service.tasks.pipeline import PIPELINES, Options, Payload
+from service.tasks.schema import (
+    PNG_1X1,
+    AudioRequest,
+    EmbeddingRequest,
+    ImageClassifyRequest,
+    ModelListResponse,
+    ModelSummary,
+    PredictResponse,
+    TextClassifyRequest,
+)
+
+# FastAPI serialises returned models itself; ORJSONResponse is deprecated (FastAPIDeprecationWarning)
+router = APIRouter(tags=["tasks"], default_response_class=JSONResponse)
+
+TopK = Annotated[int | None, Query(ge=1, description="Labels per item (default: the model's task.top_k).")]
+ReturnProbabilities = Annotated[
+    bool | None, Query(description="Also return every label's score (classification tasks).")
+]
+ReturnTimestamps = Annotated[
+    bool | None, Query(description="Also return word and character timestamps (speech recognition).")
+]
+
+_PREDICT_DESCRIPTION = (
+    "Runs the model's task (its config.yaml `task` section) on what you send, through the same dynamic "
+    "batcher as /v2 infer.\n\n"
+    "* **image-classification**: multipart field `file` (repeat for several images), a raw image body "
+    "(`image/png`, `image/jpeg`, ...) or JSON `{\"image\": base64}` / `{\"images\": [...]}`.\n"
+    "* **text-classification**, **embedding**: JSON `{\"text\": ...}` / `{\"texts\": [...]}` or a "
+    "`text/plain` body.\n"
+    "* **speech-recognition**, **audio-classification**: multipart field `file`, a raw body "
+    "(`audio/wav`, `audio/flac`, `audio/ogg`, `application/octet-stream`) or JSON `{\"audio\": base64}`.\n\n"
+    "Options may be query parameters, multipart fields or JSON fields (the body wins). "
+    "Models without a task section take tensors at `POST /v2/models/{name}/infer`."
+)
+
+
+JSON, MULTIPART, OCTET, TEXT = "application/json", "multipart/form-data", "application/octet-stream", "text/plain"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg")
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    "image-classification": (MULTIPART, JSON, *IMAGE_TYPES, OCTET),
+    "text-classification": (JSON, TEXT),
+    "embedding": (JSON, TEXT),
+    "speech-recognition": (MULTIPART, JSON, *AUDIO_TYPES, OCTET),
+    "audio-classification": (MULTIPART, JSON, *AUDIO_TYPES, OCTET),
+}
+"""Content types each task accepts; anything else is a 415 that lists them."""
+JSON_REQUESTS: dict[str, type[ImageClassifyRequest | TextClassifyRequest | EmbeddingRequest | AudioRequest]] = {
+    "image-classification": ImageClassifyRequest,
+    "text-classification": TextClassifyRequest,
+    "embedding": EmbeddingRequest,
+    "speech-recognition": AudioRequest,
+    "audio-classification": AudioRequest,
+}
+MAX_FILES = 64
+"""Most files in one multipart request (a batch is bounded by max_batch_size anyway)."""
+_FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps")
+
+
+async def read_payload(request: Request, task_type: str, options: Options) -> Payload:
+    """Read the body in whatever accepted form it came; options in the body override `options`."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    accepted = ACCEPTS[task_type]
+    if media not in accepted:
+        raise UnsupportedMediaType(
+            f"Content-Type '{media or '(none)'}' is not accepted by a {task_type} model; "
+            f"send one of: {', '.join(accepted)}"
+        )
+    if media == JSON:
+        return await _read_json(request, task_type, options)
+    if media == MULTIPART:
+        return await _read_multipart(request, options)
+    body = await request.body()
+    if media == TEXT:
+        try:
+            return Payload(blobs=[], texts=[body.decode("utf-8")], options=options)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"text/plain body is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    return Payload(blobs=[body], texts=[], options=options)
+
+
+async def _read_json(request: Request, task_type: str, options: Options) -> Payload:
+    body = await request.body()
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON ({exc}); see /docs for an example body") from exc
+    try:
+        parsed = JSON_REQUESTS[task_type].model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+    for name in ("top_k", "return_probabilities", "return_timestamps"):
+        value = getattr(parsed, name, None)
+        if value is not None:
+            setattr(options, name, value)
+    if isinstance(parsed, TextClassifyRequest | EmbeddingRequest):
+        return Payload(blobs=[], texts=parsed.items(), options=options)
+    many = getattr(parsed, parsed.single_field) is None
+    blobs = [
+        _from_base64(item, f"'{parsed.many_field}' item {i}" if many else f"'{parsed.single_field}'")
+        for i, item in enumerate(parsed.items())
+    ]
+    return Payload(blobs=blobs, texts=[], options=options)
+
+
+def _from_base64(value: str, where: str) -> bytes:
+    """Standard or URL-safe base64, optionally a `data:<type>;base64,` URL; whitespace is ignored."""
+    data = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    data = "".join(data.split())
+    altchars = b"-_" if ("-" in data or "_" in data) else None
+    try:
+        return base64.b64decode(data, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{where} is not valid base64 ({exc}); send the file's bytes base64-encoded") from exc
+
+
+async def _read_multipart(request: Request, options: Options) -> Payload:
+    try:
+        async with request.form(max_files=MAX_FILES, max_fields=len(_FORM_FIELDS)) as form:
+            unknown = sorted({key for key in form if key not in _FORM_FIELDS})
+            if unknown:
+                raise InvalidInput(f"unknown form fields {unknown}; accepted fields: {', '.join(_FORM_FIELDS)}")
+            uploads = form.getlist("file")
+            if not uploads:
+                raise InvalidInput(
+                    "multipart body has no 'file' field; send the file as form field 'file' "
+                    "(curl -F file=@photo.png), repeated for several files"
+                )
+            blobs = []
+            for i, upload in enumerate(uploads):
+                if not isinstance(upload, UploadFile):
+                    raise InvalidInput(f"form field 'file' #{i} is text, not a file upload (curl -F file=@path)")
+                blobs.append(await upload.read())
+            _form_options(form, options)
+    except StarletteHTTPException as exc:  # starlette's multipart parser reports malformed bodies so
+        raise InvalidInput(f"multipart body cannot be parsed ({exc.detail}); send multipart/form-data") from exc
+    return Payload(blobs=blobs, texts=[], options=options)
+
+
+def _form_options(form: Any, options: Options) -> None:
+    """Options sent as form fields; empty fields (as /docs sends them) count as not given."""
+    top_k = _form_text(form, "top_k")
+    if top_k:
+        if not top_k.isdigit() or int(top_k) < 1:
+            raise InvalidInput(f"form field 'top_k' must be a positive integer, got '{top_k[:20]}'")
+        options.top_k = int(top_k)
+    probabilities = _form_text(form, "return_probabilities")
+    if probabilities:
+        options.return_probabilities = _flag(probabilities, "return_probabilities")
+    timestamps = _form_text(form, "return_timestamps")
+    if timestamps:
+        options.return_timestamps = _flag(timestamps, "return_timestamps")
+
+
+def _form_text(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"form field '{name}' must be a plain value, not a file")
+    return value.strip()
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise InvalidInput(f"form field '{name}' must be true or false, got '{value[:20]}'")
+
+
+def _silent_wav_base64() -> str:
+    """0.1 s of 8 kHz 8-bit silence as base64, a JSON example that really decodes."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(8000)
+        out.writeframes(b"\x80" * 800)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def openapi_body() -> dict[str, Any]:
+    """The predict request body in every accepted form, with examples, for /docs "Try it out"."""
+    binary = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+    form = {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {"type": "array", "items": binary, "description": "One or more images or recordings."},
+            "top_k": {"type": "integer", "minimum": 1, "description": "Labels per item."},
+            "return_probabilities": {"type": "boolean", "description": "Also return every label's score."},
+            "return_timestamps": {"type": "boolean", "description": "Speech: word and character timestamps."},
+        },
+    }
+    requests = (ImageClassifyRequest, TextClassifyRequest, EmbeddingRequest, AudioRequest)
+    examples = {
+        "image": {"summary": "image-classification: one base64 PNG", "value": {"image": PNG_1X1, "top_k": 3}},
+        "text": {"summary": "text-classification or embedding: one text", "value": {"text": "what a lovely day"}},
+        "texts": {
+            "summary": "text-classification: several texts, every score",
+            "value": {"texts": ["what a lovely day", "this is awful"], "return_probabilities": True},
+        },
+        "audio": {
+            "summary": "speech-recognition: base64 WAV, with timestamps",
+            "value": {"audio": _silent_wav_base64(), "return_timestamps": True},
+        },
+    }
+    content: dict[str, Any] = {
+        MULTIPART: {"schema": form},
+        JSON: {"schema": {"anyOf": [r.model_json_schema() for r in requests]}, "examples": examples},
+        TEXT: {"schema": {"type": "string"}, "example": "what a lovely day"},
+    }
+    for media in (*IMAGE_TYPES, "audio/wav", "audio/flac", "audio/ogg", OCTET):
+        content[media] = {"schema": binary}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+async def _predict(
+    model: LoadedModel, request: Request, options: Options
+) -> PredictResponse:
+    task = model.config.task
+    if task is None:
+        raise InvalidInput(
+            f"model '{model.name}' has no `task` section in its config.yaml, so /v1 predict cannot "
+            f"prepare inputs for it; send tensors to POST /v2/models/{model.name}/infer instead "
+            "(or add a task section)"
+        )
+    payload = await read_payload(request, task.type, options)
+    return await PIPELINES[task.type](model, payload)
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    summary="Classify an image or text, transcribe a recording, or embed texts",
+    description=_PREDICT_DESCRIPTION,
+    openapi_extra=openapi_body(),
+    responses={415: {"description": "Content type not accepted by the model's task (the error lists those that are)"}},
+)
+async def predict(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    top_k: TopK = None,
+    return_probabilities: ReturnProbabilities = None,
+    return_timestamps: ReturnTimestamps = None,
+) -> PredictResponse:
+    options = Options(
+        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps)
+    )
+    return await _predict(registry.get(name), request, options)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    summary="Predict with one version of a model",
+    description=_PREDICT_DESCRIPTION,
+    openapi_extra=openapi_body(),
+)
+async def predict_version(
+    name: str,
+    version: str,
+    request: Request,
+    registry: RegistryDep,
+    top_k: TopK = None,
+    return_probabilities: ReturnProbabilities = None,
+    return_timestamps: ReturnTimestamps = None,
+) -> PredictResponse:
+    options = Options(
+        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps)
+    )
+    return await _predict(registry.get(name, version), request, options)
+
+
+@router.get("/v1/models", response_model=ModelListResponse, summary="Models, their tasks and example requests")
+async def list_models(request: Request, registry: RegistryDep) -> ModelListResponse:
+    base = str(request.base_url).rstrip("/")
+    return ModelListResponse(models=[describe(m, base_url=base) for m in registry.models()])
+
+
+@router.get("/v1/models/{name}", response_model=ModelSummary, summary="One model's task and an example request")
+async def get_model(name: str, request: Request, registry: RegistryDep) -> ModelSummary:
+    return describe(registry.find(name), base_url=str(request.base_url).rstrip("/"))

@@ -1,0 +1,71 @@
+"""What each model's task endpoint takes, in words, with a curl command and a JSON body that work."""
+
+from __future__ import annotations
+
+import shlex
+
+from service.repository.config import (
+    AudioClassificationTask,
+    EmbeddingTask,
+    ImageClassificationTask,
+    ModelConfig,
+    SpeechRecognitionTask,
+    TextClassificationTask,
+)
+from service.repository.registry import LoadedModel
+from service.tasks.schema import PNG_1X1, ModelSummary
+
+
+def describe(model: LoadedModel, *, base_url: str) -> ModelSummary:
+    """A `GET /v1/models` entry: task, labels, what to send and an example request."""
+    config = model.config
+    task = config.task
+    state = str(getattr(model.state, "value", model.state))
+    common = {"name": model.name, "version": model.version, "state": state, "description": config.description}
+    if task is None:
+        return ModelSummary(
+            **common,
+            task=None,
+            labels=config.labels,
+            input=f"tensors only (no task section): POST {base_url}/v2/models/{model.name}/infer",
+            predict_url=None,
+            example_curl=None,
+        )
+    url = f"{base_url}/v1/models/{model.name}/predict"
+    curl, body, words = _example(config, url)
+    labels = getattr(task, "labels", []) or config.labels
+    return ModelSummary(
+        **common, task=task.type, labels=labels, input=words, predict_url=url, example_curl=curl, example_json=body
+    )
+
+
+def _example(config: ModelConfig, url: str) -> tuple[str, dict[str, object], str]:
+    """(curl command, JSON body, description) for the model's task."""
+    task = config.task
+    target = shlex.quote(url)
+    if isinstance(task, ImageClassificationTask):
+        height, width = task.size
+        words = (
+            "one or more images (PNG, JPEG, WebP, BMP, GIF; the first frame of an animation): multipart field "
+            "'file' (repeat it for several), a raw image body, or JSON {\"image\": base64} / {\"images\": [...]}; "
+            f"each is brought to {height}x{width} {task.channels} ({task.resize})"
+        )
+        return f"curl -F file=@image.png {target}", {"image": PNG_1X1, "top_k": task.top_k}, words
+    if isinstance(task, TextClassificationTask | EmbeddingTask):
+        policy = task.truncation if isinstance(task, TextClassificationTask) else "truncate"
+        words = (
+            "JSON {\"text\": \"...\"} or {\"texts\": [...]}, or a text/plain body; "
+            f"at most {task.max_length} tokens per text (longer: {policy})"
+        )
+        body: dict[str, object] = {"text": "what a lovely day"}
+        data = shlex.quote('{"text": "what a lovely day"}')
+        return f"curl -H 'Content-Type: application/json' -d {data} {target}", body, words
+    assert isinstance(task, SpeechRecognitionTask | AudioClassificationTask)
+    words = (
+        "a recording (WAV PCM/float, FLAC, OGG, MP3; any rate from 4 kHz to 384 kHz, up to 8 channels): multipart "
+        "field 'file', a raw body (Content-Type audio/wav, audio/flac, audio/ogg or application/octet-stream) "
+        f"or JSON {{\"audio\": base64}}; at most {task.max_duration_s:g} s, resampled to {task.sample_rate} Hz mono"
+    )
+    extra = "?return_timestamps=true" if isinstance(task, SpeechRecognitionTask) else ""
+    curl = f"curl -H 'Content-Type: audio/wav' --data-binary @recording.wav {shlex.quote(url + extra)}"
+    return curl, {"audio": "<base64 of a WAV file>"}, words

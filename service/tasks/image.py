@@ -1,0 +1,160 @@
+"""Image classification: encoded image bytes -> one normalised tensor item; logits -> top-k labels.
+
+Decoding is strict about what it accepts (PNG, JPEG, WebP, BMP, GIF) and explicit about what it
+changes: every conversion (palette, CMYK, 16-bit, alpha, animation, EXIF rotation) adds a note that
+the response carries. Animated images are not refused: the first frame is classified and a note
+says so. Anything Pillow cannot read becomes `InvalidInput`; oversized images `PayloadTooLarge`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps
+
+from service.errors import InvalidInput, PayloadTooLarge
+from service.repository.config import ImageClassificationTask
+from service.types import FloatArray
+
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+"""Pillow format names accepted; Pillow is told to try only these decoders."""
+ACCEPTED = "PNG, JPEG, WebP, BMP or GIF"
+MAX_PIXELS = 40_000_000
+"""Largest width * height decoded (a 40-megapixel photo); checked from the header before decoding, so
+a decompression bomb is refused without allocating its pixels. Below Pillow's own MAX_IMAGE_PIXELS."""
+MAX_SIDE = 30_000
+"""Longest side accepted (a 1 x 40M image fits MAX_PIXELS but is no photo)."""
+
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+@dataclass(slots=True)
+class DecodedImage:
+    """One image ready for the model: `tensor` is (C, H, W) or (H, W, C) per layout, float32."""
+
+    tensor: FloatArray
+    notes: list[str] = field(default_factory=list)
+
+
+def decode_image(data: bytes, task: ImageClassificationTask, *, index: int = 0) -> DecodedImage:
+    """Decode, orient, convert, resize and normalise one image for `task`.
+
+    Raises InvalidInput (not an accepted image, corrupt, truncated, zero-size) or PayloadTooLarge
+    (more than MAX_PIXELS pixels); `index` names the image in messages.
+    """
+    where = f"image {index}"
+    if not data:
+        raise InvalidInput(f"{where} is empty (0 bytes); send a {ACCEPTED} file")
+    notes: list[str] = []
+    image = _open(data, where, notes)
+    image = _to_mode(image, task.channels, notes)
+    if task.invert:
+        image = ImageOps.invert(image)
+    if task.autocontrast:
+        image = ImageOps.autocontrast(image)
+    image = _resize(image, task)
+    return DecodedImage(tensor=_normalise(image, task), notes=notes)
+
+
+def _open(data: bytes, where: str, notes: list[str]) -> Image.Image:
+    """Open, check the size from the header, load the first frame, apply EXIF orientation."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels") from exc
+    except Exception as exc:  # untrusted bytes: any decoder failure means "not an image we can read"
+        raise InvalidInput(f"{where} is not a readable {ACCEPTED} image ({_reason(exc)})") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"{where} has zero size ({width}x{height} pixels)")
+    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
+        raise PayloadTooLarge(
+            f"{where} is {width}x{height} = {width * height} pixels; the limit is {MAX_PIXELS} pixels "
+            f"and {MAX_SIDE} per side: downscale it first"
+        )
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        notes.append(f"animated {image.format} with {frames} frames: classified the first frame only")
+    try:
+        image.seek(0)
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels") from exc
+    except Exception as exc:  # truncated or corrupt pixel data surfaces only on load()
+        raise InvalidInput(f"{where} is corrupt or truncated ({_reason(exc)}); send a complete {ACCEPTED} file") from exc
+    if oriented.size != image.size or oriented.tobytes() != image.tobytes():
+        notes.append("rotated/flipped upright following its EXIF orientation")
+    return oriented
+
+
+def _reason(exc: Exception) -> str:
+    text = _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
+    return text[:200]
+
+
+def _to_mode(image: Image.Image, channels: str, notes: list[str]) -> Image.Image:
+    """Bring any Pillow mode to 8-bit `channels` ("RGB" or "L"), noting every lossy step."""
+    mode = image.mode
+    if mode == channels:
+        return image
+    if mode in _SIXTEEN_BIT or mode == "F":
+        notes.append(f"{_mode_name(mode)} image scaled to 8 bits")
+        return Image.fromarray(_to_uint8(image), mode="L").convert(channels)
+    if mode == "P":
+        notes.append("palette image converted to " + channels)
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode not in ("RGB", "L", "RGBA", "LA"):
+        notes.append(f"{_mode_name(mode)} image converted to {channels}")
+        image = image.convert("RGBA" if "A" in mode else "RGB")
+    if image.mode in ("RGBA", "LA"):
+        notes.append("transparent pixels composited on white")
+        background = Image.new(image.mode, image.size, "white")
+        image = Image.alpha_composite(background.convert("RGBA"), image.convert("RGBA"))
+    if channels == "L" and image.mode != "L":
+        notes.append("colour image converted to grayscale")
+    elif channels == "RGB" and image.mode == "L":
+        notes.append("grayscale image replicated to RGB")
+    return image.convert(channels)
+
+
+def _mode_name(mode: str) -> str:
+    return {"CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV", "1": "1-bit", "F": "32-bit float"}.get(
+        mode, "16-bit" if mode.startswith("I") else mode
+    )
+
+
+def _to_uint8(image: Image.Image) -> npt.NDArray[np.uint8]:
+    """16-bit or float pixels -> uint8; 16-bit uses the full 0..65535 range, float is taken as 0..1."""
+    pixels = np.asarray(image, dtype=np.float64)
+    scale = 1.0 if image.mode == "F" else 65535.0
+    return (np.clip(pixels / scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _resize(image: Image.Image, task: ImageClassificationTask) -> Image.Image:
+    height, width = task.size
+    if image.size == (width, height):
+        return image
+    if task.resize == "center-crop":
+        return ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
+    if task.resize == "pad":
+        # black padding: with `invert` the image was inverted already, so black is its background
+        return ImageOps.pad(image, (width, height), method=Image.Resampling.BILINEAR, color=0)
+    return image.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def _normalise(image: Image.Image, task: ImageClassificationTask) -> FloatArray:
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]  # (H, W) -> (H, W, 1)
+    mean = np.asarray(task.mean, dtype=np.float32)
+    std = np.asarray(task.std, dtype=np.float32)
+    pixels = (pixels - mean) / std
+    if task.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+    return np.ascontiguousarray(pixels, dtype=np.float32)

@@ -1,0 +1,266 @@
+"""Task pipelines: decoded request -> model tensors -> batcher -> task response, chosen by task type.
+
+Each task is two small steps around `LoadedModel.infer` (the same dynamic batcher as /v2 infer):
+`pre` turns what the client sent into named tensors (in a worker thread: decoding is CPU work), `post`
+turns the model's outputs into the response. `PIPELINES` maps the config's task type to its function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from service.errors import InferenceFailed, InvalidInput
+from service.repository.config import (
+    AudioClassificationTask,
+    EmbeddingTask,
+    ImageClassificationTask,
+    ModelConfig,
+    SpeechRecognitionTask,
+    TextClassificationTask,
+)
+from service.repository.registry import LoadedModel
+from service.tasks import audio, image, labels, text
+from service.tasks.schema import (
+    AudioClassifyResponse,
+    AudioPrediction,
+    EmbeddingResponse,
+    ImageClassifyResponse,
+    ImagePrediction,
+    LabelScore,
+    PredictResponse,
+    TextClassifyResponse,
+    TextPrediction,
+    TimedText,
+    TranscribeResponse,
+    Transcription,
+)
+from service.types import Tensor, TensorMap
+
+_NUMPY_DTYPES = {
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
+    "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_,
+}
+
+
+@dataclass(slots=True)
+class Options:
+    top_k: int | None = None
+    return_probabilities: bool = False
+    return_timestamps: bool = False
+
+
+@dataclass(slots=True)
+class Payload:
+    """What the client sent: encoded files (images, recordings) or texts, and the options."""
+
+    blobs: list[bytes]
+    texts: list[str]
+    options: Options
+
+
+Pipeline = Callable[[LoadedModel, Payload], Awaitable[PredictResponse]]
+
+
+def check_count(model: LoadedModel, count: int, noun: str) -> None:
+    """Refuse more items than one batch holds before decoding any of them."""
+    if count == 0:
+        raise InvalidInput(f"no {noun} given")
+    limit = model.config.max_batch_size
+    if limit and count > limit:
+        raise InvalidInput(f"{count} {noun} in one request; model '{model.name}' takes at most {limit} per request")
+
+
+def cast(config: ModelConfig, name: str, array: Tensor) -> Tensor:
+    """Cast a prepared array to the datatype the model declares for input `name` (as is if unknown)."""
+    for spec in config.inputs:
+        if spec.name == name and spec.datatype in _NUMPY_DTYPES:
+            return array.astype(_NUMPY_DTYPES[spec.datatype], copy=False)
+    return array
+
+
+def output(outputs: TensorMap, name: str, model: LoadedModel) -> Tensor:
+    if name not in outputs:
+        raise InferenceFailed(
+            f"model '{model.name}' returned no output '{name}' (it has {sorted(outputs)}); fix the task section"
+        )
+    return outputs[name]
+
+
+def _ranked(scores: Tensor, names: Sequence[str], top_k: int, return_all: bool) -> tuple[list[LabelScore], dict[str, float] | None]:
+    ranked = labels.rank(scores, names, top_k=top_k, return_all=return_all)
+    return [LabelScore(label=n, score=s) for n, s in ranked.top], ranked.all_scores
+
+
+# ---- image -------------------------------------------------------------------------------------------
+
+
+async def classify_images(model: LoadedModel, payload: Payload) -> ImageClassifyResponse:
+    task = model.config.task
+    assert isinstance(task, ImageClassificationTask)
+    check_count(model, len(payload.blobs), "images")
+    decoded = await run_in_threadpool(
+        lambda: [image.decode_image(data, task, index=i) for i, data in enumerate(payload.blobs)]
+    )
+    batch = np.stack([d.tensor for d in decoded])  # B x (C, H, W) -> (B, C, H, W)
+    outputs = await model.infer({task.input: cast(model.config, task.input, batch)})
+    probs = labels.class_scores(
+        output(outputs, task.output, model), items=len(decoded), activation="softmax" if task.logits else "none"
+    )
+    names = task.labels or model.config.labels
+    top_k = payload.options.top_k or task.top_k
+    predictions = []
+    for row, item in zip(probs, decoded, strict=True):
+        top, everything = _ranked(row, names, top_k, payload.options.return_probabilities)
+        predictions.append(ImagePrediction(labels=top, probabilities=everything, notes=item.notes))
+    return ImageClassifyResponse(model=model.name, version=model.version, predictions=predictions)
+
+
+# ---- text --------------------------------------------------------------------------------------------
+
+
+async def _encode(
+    model: LoadedModel, task: TextClassificationTask | EmbeddingTask, texts: list[str]
+) -> tuple[text.EncodedTexts, TensorMap]:
+    check_count(model, len(texts), "texts")
+    text.check_texts(texts)
+    refuse = isinstance(task, TextClassificationTask) and task.truncation == "refuse"
+    lowercase = isinstance(task, TextClassificationTask) and task.lowercase
+
+    def run() -> text.EncodedTexts:
+        tok = text.load_tokenizer(model.side_file(task.tokenizer), max_length=task.max_length, truncate=not refuse)
+        return text.encode(texts, tok, max_length=task.max_length, lowercase=lowercase, refuse_long=refuse)
+
+    encoded = await run_in_threadpool(run)
+    inputs = {task.input_ids: cast(model.config, task.input_ids, encoded.ids)}
+    if task.attention_mask:
+        inputs[task.attention_mask] = cast(model.config, task.attention_mask, encoded.mask)
+    return encoded, inputs
+
+
+async def classify_texts(model: LoadedModel, payload: Payload) -> TextClassifyResponse:
+    task = model.config.task
+    assert isinstance(task, TextClassificationTask)
+    encoded, inputs = await _encode(model, task, payload.texts)
+    outputs = await model.infer(inputs)
+    probs = labels.class_scores(
+        output(outputs, task.output, model),
+        items=len(payload.texts),
+        activation="sigmoid" if task.multi_label else "softmax",
+    )
+    names = task.labels or model.config.labels
+    top_k = payload.options.top_k or task.top_k
+    predictions = []
+    for i, row in enumerate(probs):
+        top, everything = _ranked(row, names, top_k, payload.options.return_probabilities)
+        predictions.append(
+            TextPrediction(labels=top, probabilities=everything, tokens=encoded.lengths[i], truncated=encoded.truncated[i])
+        )
+    return TextClassifyResponse(model=model.name, version=model.version, predictions=predictions)
+
+
+async def embed_texts(model: LoadedModel, payload: Payload) -> EmbeddingResponse:
+    task = model.config.task
+    assert isinstance(task, EmbeddingTask)
+    encoded, inputs = await _encode(model, task, payload.texts)
+    outputs = await model.infer(inputs)
+    vectors = text.pool(output(outputs, task.output, model), encoded.mask, pooling=task.pooling, normalize=task.normalize)
+    if vectors.shape[0] != len(payload.texts):
+        raise InferenceFailed(f"embedding output has {vectors.shape[0]} rows for {len(payload.texts)} texts")
+    return EmbeddingResponse(
+        model=model.name,
+        version=model.version,
+        dimensions=int(vectors.shape[1]),
+        embeddings=vectors.tolist(),
+        truncated=encoded.truncated,
+    )
+
+
+# ---- audio -------------------------------------------------------------------------------------------
+
+
+async def _decode_audio(
+    model: LoadedModel, task: SpeechRecognitionTask | AudioClassificationTask, blobs: list[bytes]
+) -> tuple[list[audio.DecodedAudio], TensorMap]:
+    check_count(model, len(blobs), "recordings")
+    decoded = await run_in_threadpool(
+        lambda: [
+            audio.decode_audio(data, sample_rate=task.sample_rate, max_duration_s=task.max_duration_s, index=i)
+            for i, data in enumerate(blobs)
+        ]
+    )
+    lengths = np.array([d.samples.shape[0] for d in decoded], dtype=np.int64)
+    waves = np.zeros((len(decoded), int(lengths.max())), dtype=np.float32)  # (B, longest), zero padded
+    for i, item in enumerate(decoded):
+        waves[i, : lengths[i]] = item.samples
+    inputs = {task.input: cast(model.config, task.input, waves)}
+    if task.lengths_input:
+        inputs[task.lengths_input] = cast(model.config, task.lengths_input, lengths)
+    return decoded, inputs
+
+
+def _valid_frames(outputs: TensorMap, task: SpeechRecognitionTask, model: LoadedModel, item: int,
+                  samples: int, frames: int) -> int:
+    """Frames of item `item` that belong to its audio (the rest is padding from longer neighbours)."""
+    if task.output_lengths:
+        count = int(np.asarray(output(outputs, task.output_lengths, model)).reshape(-1)[item])
+    else:
+        count = int(np.ceil(samples / task.sample_rate / task.frame_shift_s))
+    return max(0, min(count, frames))
+
+
+async def transcribe(model: LoadedModel, payload: Payload) -> TranscribeResponse:
+    task = model.config.task
+    assert isinstance(task, SpeechRecognitionTask)
+    decoded, inputs = await _decode_audio(model, task, payload.blobs)
+    outputs = await model.infer(inputs)
+    scores = output(outputs, task.output, model)
+    if scores.ndim != 3 or scores.shape[0] != len(decoded) or scores.shape[2] != len(task.vocabulary):
+        raise InferenceFailed(
+            f"'{task.output}' has shape {list(scores.shape)}; expected [{len(decoded)}, frames, {len(task.vocabulary)}]"
+        )
+    predictions = []
+    for i, item in enumerate(decoded):
+        frames = _valid_frames(outputs, task, model, i, item.samples.shape[0], scores.shape[1])
+        result = audio.ctc_greedy(
+            scores[i, :frames], vocabulary=task.vocabulary, blank=task.blank_index, frame_shift_s=task.frame_shift_s
+        )
+        stamps = payload.options.return_timestamps
+        predictions.append(Transcription(
+            text=result.text,
+            confidence=result.confidence,
+            duration_s=item.duration_s,
+            words=[TimedText(text=w.text, start_s=w.start_s, end_s=w.end_s) for w in result.words] if stamps else None,
+            chars=[TimedText(text=c.text, start_s=c.start_s, end_s=c.end_s) for c in result.chars] if stamps else None,
+            notes=item.notes,
+        ))
+    return TranscribeResponse(model=model.name, version=model.version, predictions=predictions)
+
+
+async def classify_audio(model: LoadedModel, payload: Payload) -> AudioClassifyResponse:
+    task = model.config.task
+    assert isinstance(task, AudioClassificationTask)
+    decoded, inputs = await _decode_audio(model, task, payload.blobs)
+    outputs = await model.infer(inputs)
+    probs = labels.class_scores(
+        output(outputs, task.output, model), items=len(decoded), activation="softmax" if task.logits else "none"
+    )
+    names = task.labels or model.config.labels
+    top_k = payload.options.top_k or task.top_k
+    predictions = []
+    for row, item in zip(probs, decoded, strict=True):
+        top, everything = _ranked(row, names, top_k, payload.options.return_probabilities)
+        predictions.append(AudioPrediction(labels=top, probabilities=everything, duration_s=item.duration_s, notes=item.notes))
+    return AudioClassifyResponse(model=model.name, version=model.version, predictions=predictions)
+
+
+PIPELINES: dict[str, Pipeline] = {
+    "image-classification": classify_images,
+    "text-classification": classify_texts,
+    "embedding": embed_texts,
+    "speech-recognition": transcribe,
+    "audio-classification": classify_audio,
+}
