@@ -87,7 +87,7 @@ def wrk(url: str, body: tuple[bytes, str, str | None], *, concurrency: int, seco
     with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as f:
         f.write(body[0])
     args = [f.name, body[1]] + ([body[2]] if body[2] else [])
-    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{seconds}s", "--latency",
+    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s", "--latency",
            "--timeout", "30s", "-s", str(HERE / "post.lua"), url, "--", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)

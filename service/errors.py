@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, _: Exception) -> Response:
+    # The client closed the connection while sending its body: nobody is left to answer.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
@@ -122,4 +129,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

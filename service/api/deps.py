@@ -1,4 +1,7 @@
-"""Annotated dependencies: the settings and the model registry live on `app.state`."""
+"""Annotated dependencies: the settings and the model registry live on `app.state`.
+
+Both are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _registry(request: Request) -> ModelRegistry:
+async def _registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 

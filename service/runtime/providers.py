@@ -3,6 +3,8 @@
 `onnxruntime-gpu` lists CUDAExecutionProvider even where the CUDA libraries are missing; a session
 that asks for it then quietly falls back to CPU. So the preference is only a request: the provider
 in use is read back from `session.get_providers()` (see `runtime/session.py`) and reported per model.
+A provider that fell back once is not asked for again in this process (`mark_unusable`): ONNX Runtime
+would retry loading its libraries, and print the same error, for every model.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 
+_unusable: set[str] = set()
+"""Providers this build offers that failed to start here (missing CUDA/cuDNN libraries, no GPU)."""
+
 
 def resolve_providers(preference: Sequence[str]) -> list[str]:
     """Keep the preferred providers this onnxruntime build offers, in order, CPU always last.
 
-    Unknown or unavailable names are dropped with a debug line; an empty preference gives [CPU].
+    Unknown or unavailable names, and those marked unusable, are dropped with a debug line; an empty
+    preference gives [CPU].
     """
-    available = set(ort.get_available_providers())
+    available = set(ort.get_available_providers()) - _unusable
     kept: list[str] = []
     for name in dict.fromkeys(preference):  # de-duplicate, keep order
         if name == CPU:
@@ -32,6 +38,11 @@ def resolve_providers(preference: Sequence[str]) -> list[str]:
         else:
             logger.debug("execution provider %s is not in this onnxruntime build; skipped", name)
     return [*kept, CPU]
+
+
+def mark_unusable(requested: Sequence[str], in_use: Sequence[str]) -> None:
+    """Remember the requested providers that a session did not get, so later sessions skip them."""
+    _unusable.update(set(requested) - set(in_use) - {CPU})
 
 
 def describe_fallback(requested: Sequence[str], in_use: Sequence[str]) -> str | None:

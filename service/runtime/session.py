@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.repository.config import Datatype, ModelConfig, TensorSpec
-from service.runtime.providers import describe_fallback, resolve_providers
+from service.runtime.providers import describe_fallback, mark_unusable, resolve_providers
 from service.types import Tensor, TensorMap
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class OnnxSession:
         requested = resolve_providers(providers)
         session = ort.InferenceSession(str(path), sess_options=session_options(config), providers=requested)
         loaded = cls(session, path=path)
-        fallback = describe_fallback(requested, loaded.providers)
+        mark_unusable(requested, loaded.providers)
+        fallback = describe_fallback(providers, loaded.providers)
         if fallback:
             logger.warning("%s: %s", path, fallback)
         if config.warmup:
