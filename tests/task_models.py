@@ -1,6 +1,9 @@
 """Tiny real ONNX models (onnx.helper) whose answers tests can predict, for the /v1 task endpoints.
 
 - `brightness_classifier`: image [B, C, H, W] -> logits [B, 10]; the class is round(9 * mean pixel).
+- `slow_brightness_classifier`: the same answers, but it also multiplies two n x n matrices where n is
+  the largest pixel value: instant for normalised images, ~a second for a v2 tensor of 2000s. A test
+  uses it to keep the model's one instance busy while other requests queue.
 - `token_sum_classifier`: input_ids/attention_mask [B, L] -> logits [B, 3]; class = sum(ids * mask) % 3.
 - `lookup_embedder`: ids [B, L] -> a fixed embedding table row per token, [B, L, D].
 - `level_ctc`: audio [B, S] + lengths -> log-probs [B, S // 160, V]: each 10 ms frame emits the symbol
@@ -58,6 +61,28 @@ def brightness_classifier(channels: int = 1, size: int = 28) -> onnx.ModelProto:
     nodes.append(helper.make_node("Unsqueeze", ["mean", "axis1"], ["level"]))  # (B,) -> (B, 1)
     more, inits = _nearest_logits("level", 10, "logits")
     return _finish(nodes + more, [x], [y], [_const("axis1", [1], np.int64), *inits], "brightness")
+
+
+def slow_brightness_classifier(size: int = 28) -> onnx.ModelProto:
+    model = brightness_classifier(1, size)
+    graph = model.graph
+    graph.output[0].name = "fast_logits"
+    graph.node[-1].output[0] = "fast_logits"
+    graph.initializer.extend([_const("tiny", 1e-6, np.float32), _const("zero", 0.0, np.float32), _const("axis0", [0], np.int64)])
+    graph.node.extend([
+        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),  # (B, C, H, W) -> ()
+        helper.make_node("Cast", ["peak"], ["n"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"]),  # () -> (1,)
+        helper.make_node("Concat", ["n1", "n1"], ["square"], axis=0),  # (n, n)
+        helper.make_node("Expand", ["tiny", "square"], ["matrix"]),
+        helper.make_node("MatMul", ["matrix", "matrix"], ["product"]),  # the slow part: O(n^3)
+        helper.make_node("ReduceSum", ["product"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["fast_logits", "nothing"], ["logits"]),
+    ])
+    graph.output[0].name = "logits"
+    onnx.checker.check_model(model)
+    return model
 
 
 def token_sum_classifier() -> onnx.ModelProto:
@@ -138,10 +163,11 @@ def _ragged(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
 
 
 def write_image_model(repo: Path, name: str = "digits", *, task: dict[str, Any] | None = None,
-                      channels: int = 1, size: int = 28, **config: Any) -> Path:
+                      channels: int = 1, size: int = 28, slow: bool = False, **config: Any) -> Path:
     section = {"type": "image-classification", "input": "image", "output": "logits", "size": [size, size],
                "channels": "L" if channels == 1 else "RGB", **(task or {})}
-    return write_model(repo, name, brightness_classifier(channels, size), config={"task": section, **config})
+    model = slow_brightness_classifier(size) if slow else brightness_classifier(channels, size)
+    return write_model(repo, name, model, config={"task": section, **config})
 
 
 def write_text_model(repo: Path, name: str = "sentiment", *, task: dict[str, Any] | None = None, **config: Any) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 
@@ -29,16 +30,26 @@ def tone(seconds: float, rate: int, channels: int = 1, amplitude: float = 0.5) -
     return np.repeat(wave[:, None], channels, axis=1) if channels > 1 else wave
 
 
+def codec(fmt: str, subtype: str) -> object:
+    """A (format, subtype) case, skipped where this libsndfile build cannot write (so cannot read) it."""
+    missing = fmt not in soundfile.available_formats() or subtype not in soundfile.available_subtypes(fmt)
+    return pytest.param(fmt, subtype, id=f"{fmt}-{subtype}",
+                        marks=pytest.mark.skipif(missing, reason=f"libsndfile without {fmt} {subtype}"))
+
+
 @pytest.mark.parametrize(("fmt", "subtype"), [
-    ("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
-    ("WAV", "DOUBLE"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"),
+    codec("WAV", "PCM_U8"), codec("WAV", "PCM_16"), codec("WAV", "PCM_24"), codec("WAV", "PCM_32"),
+    codec("WAV", "FLOAT"), codec("WAV", "DOUBLE"), codec("FLAC", "PCM_16"), codec("FLAC", "PCM_24"),
+    codec("OGG", "VORBIS"), codec("OGG", "OPUS"), codec("MP3", "MPEG_LAYER_III"),
 ])
 def test_every_accepted_encoding_decodes_to_float32_mono(fmt: str, subtype: str) -> None:
-    decoded = decode_audio(encode(tone(0.5, RATE), RATE, fmt, subtype), sample_rate=RATE, max_duration_s=5)
+    rate = 48000 if subtype == "OPUS" else RATE  # Opus works at 48 kHz: also exercises resampling
+    decoded = decode_audio(encode(tone(0.5, rate), rate, fmt, subtype), sample_rate=RATE, max_duration_s=5)
     assert decoded.samples.dtype == np.float32 and decoded.samples.ndim == 1
     assert abs(decoded.samples.shape[0] - RATE // 2) <= 1
     assert 0.4 < np.abs(decoded.samples).max() <= 0.55
-    assert decoded.duration_s == pytest.approx(0.5, abs=1e-3) and decoded.notes == []
+    assert decoded.duration_s == pytest.approx(0.5, abs=1e-3)
+    assert decoded.notes == ([] if rate == RATE else ["resampled from 48000 Hz to 16000 Hz"])
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 96000])
@@ -50,13 +61,13 @@ def test_other_rates_are_resampled_and_noted(rate: int) -> None:
     assert abs(int(np.argmax(spectrum)) - 440) <= 2  # still a 440 Hz tone (1 s -> 1 Hz bins)
 
 
-@pytest.mark.parametrize("channels", [2, MAX_CHANNELS])
+@pytest.mark.parametrize("channels", [1, MAX_CHANNELS])
 def test_channels_are_down_mixed_by_averaging(channels: int) -> None:
     samples = np.zeros((RATE, channels), dtype=np.float32)
     samples[:, 0] = 0.8
     decoded = decode_audio(encode(samples, RATE, subtype="FLOAT"), sample_rate=RATE, max_duration_s=5)
     np.testing.assert_allclose(decoded.samples, 0.8 / channels, rtol=1e-6)
-    assert any(f"{channels} channels down-mixed" in n for n in decoded.notes)
+    assert any(f"{channels} channels down-mixed" in n for n in decoded.notes) == (channels > 1)
 
 
 def test_short_clips_are_padded_and_loud_float_samples_clipped() -> None:
@@ -81,12 +92,14 @@ def wav_header_only(rate: int, channels: int = 1) -> bytes:
     (encode(tone(3.0, RATE), RATE), InvalidInput, "longer than.*2 s"),
     (wav_header_only(7), InvalidInput, "7 Hz"),
     (wav_header_only(1_000_000), InvalidInput, "1000000 Hz"),
-    (encode(np.zeros((100, 16), dtype=np.float32), RATE), InvalidInput, "16 channels"),
+    (encode(np.zeros((100, 3), dtype=np.float32), RATE), InvalidInput, "3 channels; send mono or stereo"),
+    (encode(np.zeros((100, 8), dtype=np.float32), RATE), InvalidInput, "8 channels; send mono or stereo"),
     (encode(np.array([0.1, np.nan, 0.2], dtype=np.float32), RATE, subtype="FLOAT"), InvalidInput, "NaN"),
     (encode(np.array([0.1, np.inf], dtype=np.float32), RATE, subtype="FLOAT"), InvalidInput, "infinite"),
     (encode(tone(0.2, RATE), RATE, "AIFF"), UnsupportedMediaType, "AIFF"),
     (encode(tone(1.0, RATE), RATE)[:30], InvalidInput, "recording 0"),
-], ids=["empty", "text", "zero-length", "too-long", "7hz", "1mhz", "16-channels", "nan", "inf", "aiff", "cut"])
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, InvalidInput, "is a PNG image, not a recording"),
+], ids=["empty", "text", "zero-length", "too-long", "7hz", "1mhz", "3-channels", "8-channels", "nan", "inf", "aiff", "cut", "png"])
 def test_bad_recordings_are_refused_naming_the_problem(data: bytes, error: type[Exception], words: str) -> None:
     with pytest.raises(error, match=words):
         decode_audio(data, sample_rate=RATE, max_duration_s=2)
@@ -142,10 +155,8 @@ PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 @PROPERTY
 @given(st.binary(max_size=4096))
 def test_arbitrary_bytes_raise_only_input_errors(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ALLOWED):
         decode_audio(data, sample_rate=RATE, max_duration_s=5)
-    except ALLOWED:
-        pass
 
 
 @PROPERTY

@@ -54,7 +54,8 @@ async def _parse(request: Request, model: type[_Body]) -> _Body:
 
 
 @router.post("/v2/repository/index", summary="Every model version in the repository, with state and reason",
-             openapi_extra=_optional_body(RepositoryIndexRequest, {"ready": True}))
+             openapi_extra=_optional_body(RepositoryIndexRequest, {"ready": True}),
+             responses={400: {"model": ErrorResponse, "description": "The body is not a RepositoryIndexRequest"}})
 async def repository_index(request: Request, registry: RegistryDep) -> list[RepositoryIndexEntry]:
     query = await _parse(request, RepositoryIndexRequest)
     entries = [

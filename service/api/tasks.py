@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import wave
 from typing import Annotated, Any
 
 import orjson
@@ -25,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import RegistryDep
 from service.errors import InvalidInput, UnsupportedMediaType
+from service.protocol.schema import ErrorResponse
 from service.repository.registry import LoadedModel
 from service.tasks.catalog import describe
 from service.tasks.pipeline import PIPELINES, Options, Payload
@@ -37,6 +36,7 @@ from service.tasks.schema import (
     ModelSummary,
     PredictResponse,
     TextClassifyRequest,
+    silent_wav_base64,
 )
 
 # FastAPI serialises returned models itself; ORJSONResponse is deprecated (FastAPIDeprecationWarning)
@@ -82,6 +82,21 @@ JSON_REQUESTS: dict[str, type[ImageClassifyRequest | TextClassifyRequest | Embed
     "speech-recognition": AudioRequest,
     "audio-classification": AudioRequest,
 }
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [
+        (400, "Bad input: the error says what was wrong (corrupt image, empty text, NaN samples, ...) and what "
+              "is accepted; also a model without a task section"),
+        (404, "Unknown model or version"),
+        (413, "Body over DEEPSERVE_MAX_REQUEST_BYTES (refused before it is read), too many pixels, or a text "
+              "over the character limit"),
+        (415, "Content type not accepted by the model's task (the error lists those that are)"),
+        (422, "JSON body or query option does not match the schema (the error names the field)"),
+        (503, "Model not ready, queue full (Retry-After) or shutting down"),
+        (504, "The request's timeout passed before it was computed"),
+    ]
+}
+"""Every error a predict route answers with; the body is always {"error": ..., "code": ...}."""
 MAX_FILES = 64
 """Most files in one multipart request (a batch is bounded by max_batch_size anyway)."""
 _FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps")
@@ -200,17 +215,6 @@ def _flag(value: str, name: str) -> bool:
     raise InvalidInput(f"form field '{name}' must be true or false, got '{value[:20]}'")
 
 
-def _silent_wav_base64() -> str:
-    """0.1 s of 8 kHz 8-bit silence as base64, a JSON example that really decodes."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(1)
-        out.setframerate(8000)
-        out.writeframes(b"\x80" * 800)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def openapi_body() -> dict[str, Any]:
     """The predict request body in every accepted form, with examples, for /docs "Try it out"."""
     binary = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
@@ -234,7 +238,7 @@ def openapi_body() -> dict[str, Any]:
         },
         "audio": {
             "summary": "speech-recognition: base64 WAV, with timestamps",
-            "value": {"audio": _silent_wav_base64(), "return_timestamps": True},
+            "value": {"audio": silent_wav_base64(), "return_timestamps": True},
         },
     }
     content: dict[str, Any] = {
@@ -268,7 +272,7 @@ async def _predict(
     summary="Classify an image or text, transcribe a recording, or embed texts",
     description=_PREDICT_DESCRIPTION,
     openapi_extra=openapi_body(),
-    responses={415: {"description": "Content type not accepted by the model's task (the error lists those that are)"}},
+    responses=_ERRORS,
 )
 async def predict(
     name: str,
@@ -291,6 +295,7 @@ async def predict(
     summary="Predict with one version of a model",
     description=_PREDICT_DESCRIPTION,
     openapi_extra=openapi_body(),
+    responses=_ERRORS,
 )
 async def predict_version(
     name: str,
@@ -313,6 +318,7 @@ async def list_models(request: Request, registry: RegistryDep) -> ModelListRespo
     return ModelListResponse(models=[describe(m, base_url=base) for m in registry.models()])
 
 
-@router.get("/v1/models/{name}", response_model=ModelSummary, summary="One model's task and an example request")
+@router.get("/v1/models/{name}", response_model=ModelSummary, summary="One model's task and an example request",
+            responses={404: _ERRORS[404]})
 async def get_model(name: str, request: Request, registry: RegistryDep) -> ModelSummary:
     return describe(registry.find(name), base_url=str(request.base_url).rstrip("/"))

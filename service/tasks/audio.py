@@ -1,9 +1,9 @@
 """Audio tasks: encoded recordings -> float32 mono at the model's rate; CTC log-probs -> transcript.
 
 Decoding accepts WAV (PCM 8/16/24/32-bit, float), FLAC, OGG and MP3 through libsndfile, checks the
-header (rate, channels, duration) before reading samples, down-mixes up to MAX_CHANNELS channels by
-averaging (more are refused), refuses NaN/Inf samples and resamples with soxr. What was changed is
-said in `notes`.
+header (rate, channels, duration) before reading samples, down-mixes stereo to mono by averaging
+(more channels are refused, see MAX_CHANNELS), refuses NaN/Inf samples and resamples with soxr.
+What was changed is said in `notes`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import soundfile
 import soxr
 
 from service.errors import InvalidInput, UnsupportedMediaType
+from service.tasks import image
 from service.tasks.labels import log_softmax
 from service.types import FloatArray
 
@@ -27,8 +28,10 @@ MIN_SAMPLE_RATE = 4_000
 """Lowest input rate resampled; below it there is no speech band left to recover."""
 MAX_SAMPLE_RATE = 384_000
 """Highest input rate resampled (studio converters stop here)."""
-MAX_CHANNELS = 8
-"""Most channels down-mixed (7.1 surround); more are refused rather than guessed at."""
+MAX_CHANNELS = 2
+"""Most channels down-mixed: mono and stereo are accepted. Surround and multi-microphone recordings
+(up to 8 channels and beyond) are refused rather than guessed at: which channel holds the voice is
+the sender's knowledge, not ours."""
 MIN_DURATION_S = 0.1
 """Shorter recordings are padded with silence to this length so every model gets a few frames."""
 _WORD_DELIMITERS = ("|", "\u2581", " ")  # wav2vec2 "|", sentencepiece "▁", plain space
@@ -87,6 +90,9 @@ def _read(data: bytes, *, where: str, max_duration_s: float, notes: list[str]) -
     except (InvalidInput, UnsupportedMediaType):
         raise
     except Exception as exc:  # untrusted bytes: any decoder failure means "not audio we can read"
+        kind = image.sniff(data)
+        if kind in image.FORMATS:
+            raise InvalidInput(f"{where} is a {kind} image, not a recording; send {ACCEPTED} audio") from exc
         raise InvalidInput(f"{where} is not readable {ACCEPTED} audio ({_reason(exc)})") from exc
     if frames.shape[0] == 0:
         raise InvalidInput(f"{where} has no samples (zero-length audio); send a recording")
@@ -107,7 +113,10 @@ def _check_header(kind: str, rate: int, channels: int, *, where: str) -> None:
             f"{where} has a sample rate of {rate} Hz; accepted rates are {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
         )
     if channels > MAX_CHANNELS:
-        raise InvalidInput(f"{where} has {channels} channels; at most {MAX_CHANNELS} are down-mixed to mono")
+        raise InvalidInput(
+            f"{where} has {channels} channels; send mono or stereo (stereo is down-mixed to mono), "
+            "e.g. pick the voice channel or down-mix first: ffmpeg -i in.wav -ac 1 out.wav"
+        )
 
 
 def _reason(exc: Exception) -> str:

@@ -1,19 +1,27 @@
-"""What each model's task endpoint takes, in words, with a curl command and a JSON body that work."""
+"""What each model's task endpoint takes, in words, with a curl command and a JSON body that work.
+
+"Work" is literal: the image example is a 1x1 PNG every image model decodes, the audio example a short
+silent WAV, and the text example is cut to fit a model that refuses texts over its max_length.
+"""
 
 from __future__ import annotations
 
 import shlex
 
+from service.errors import ServiceError
 from service.repository.config import (
     AudioClassificationTask,
     EmbeddingTask,
     ImageClassificationTask,
-    ModelConfig,
     SpeechRecognitionTask,
     TextClassificationTask,
 )
 from service.repository.registry import LoadedModel
-from service.tasks.schema import PNG_1X1, ModelSummary
+from service.tasks import text
+from service.tasks.schema import PNG_1X1, ModelSummary, silent_wav_base64
+
+EXAMPLE_TEXTS = ("what a lovely day", "what a lovely", "what a", "what")
+"""Example texts, longest first; a model that refuses long texts gets the longest that fits."""
 
 
 def describe(model: LoadedModel, *, base_url: str) -> ModelSummary:
@@ -32,16 +40,16 @@ def describe(model: LoadedModel, *, base_url: str) -> ModelSummary:
             example_curl=None,
         )
     url = f"{base_url}/v1/models/{model.name}/predict"
-    curl, body, words = _example(config, url)
+    curl, body, words = _example(model, url)
     labels = getattr(task, "labels", []) or config.labels
     return ModelSummary(
         **common, task=task.type, labels=labels, input=words, predict_url=url, example_curl=curl, example_json=body
     )
 
 
-def _example(config: ModelConfig, url: str) -> tuple[str, dict[str, object], str]:
+def _example(model: LoadedModel, url: str) -> tuple[str, dict[str, object], str]:
     """(curl command, JSON body, description) for the model's task."""
-    task = config.task
+    task = model.config.task
     target = shlex.quote(url)
     if isinstance(task, ImageClassificationTask):
         height, width = task.size
@@ -57,15 +65,31 @@ def _example(config: ModelConfig, url: str) -> tuple[str, dict[str, object], str
             "JSON {\"text\": \"...\"} or {\"texts\": [...]}, or a text/plain body; "
             f"at most {task.max_length} tokens per text (longer: {policy})"
         )
-        body: dict[str, object] = {"text": "what a lovely day"}
-        data = shlex.quote('{"text": "what a lovely day"}')
+        example = _example_text(model, task) if isinstance(task, TextClassificationTask) else EXAMPLE_TEXTS[0]
+        body: dict[str, object] = {"text": example}
+        data = shlex.quote(f'{{"text": "{example}"}}')
         return f"curl -H 'Content-Type: application/json' -d {data} {target}", body, words
     assert isinstance(task, SpeechRecognitionTask | AudioClassificationTask)
     words = (
-        "a recording (WAV PCM/float, FLAC, OGG, MP3; any rate from 4 kHz to 384 kHz, up to 8 channels): multipart "
+        "a recording (WAV PCM/float, FLAC, OGG, MP3; any rate from 4 kHz to 384 kHz, mono or stereo): multipart "
         "field 'file', a raw body (Content-Type audio/wav, audio/flac, audio/ogg or application/octet-stream) "
         f"or JSON {{\"audio\": base64}}; at most {task.max_duration_s:g} s, resampled to {task.sample_rate} Hz mono"
     )
     extra = "?return_timestamps=true" if isinstance(task, SpeechRecognitionTask) else ""
     curl = f"curl -H 'Content-Type: audio/wav' --data-binary @recording.wav {shlex.quote(url + extra)}"
-    return curl, {"audio": "<base64 of a WAV file>"}, words
+    return curl, {"audio": silent_wav_base64()}, words
+
+
+def _example_text(model: LoadedModel, task: TextClassificationTask) -> str:
+    """The longest example text this model takes: all fit when it truncates, else counted in tokens."""
+    if task.truncation == "truncate":
+        return EXAMPLE_TEXTS[0]
+    try:
+        tok = text.load_tokenizer(model.side_file(task.tokenizer), max_length=task.max_length, truncate=False)
+    except (ServiceError, ValueError):  # a model that failed to load: its entry says so; any text will do
+        return EXAMPLE_TEXTS[0]
+    for candidate in EXAMPLE_TEXTS:
+        prepared = candidate.lower() if task.lowercase else candidate
+        if len(tok.tokenizer.encode(prepared).ids) <= task.max_length:
+            return candidate
+    return EXAMPLE_TEXTS[-1]

@@ -3,18 +3,22 @@
 Decoding is strict about what it accepts (PNG, JPEG, WebP, BMP, GIF) and explicit about what it
 changes: every conversion (palette, CMYK, 16-bit, alpha, animation, EXIF rotation) adds a note that
 the response carries. Animated images are not refused: the first frame is classified and a note
-says so. Anything Pillow cannot read becomes `InvalidInput`; oversized images `PayloadTooLarge`.
+says so. Anything Pillow cannot read becomes `InvalidInput` whose message tells a damaged file of an
+accepted format (by its signature) from another format and from bytes that are no image at all;
+oversized images are `PayloadTooLarge`.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge
 from service.repository.config import ImageClassificationTask
@@ -30,6 +34,26 @@ MAX_SIDE = 30_000
 """Longest side accepted (a 1 x 40M image fits MAX_PIXELS but is no photo)."""
 
 _BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+_SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
+    ("PNG", lambda h: h.startswith(b"\x89PNG\r\n\x1a\n")),
+    ("JPEG", lambda h: h.startswith(b"\xff\xd8\xff")),
+    ("GIF", lambda h: h.startswith((b"GIF87a", b"GIF89a"))),
+    ("WEBP", lambda h: h.startswith(b"RIFF") and h[8:12] == b"WEBP"),
+    ("BMP", lambda h: h.startswith(b"BM") and int.from_bytes(h[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)),
+    # common formats we do not decode, so the message can name them
+    ("TIFF", lambda h: h.startswith((b"II*\x00", b"MM\x00*"))),
+    ("HEIC/AVIF", lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")),
+    ("ICO", lambda h: h.startswith(b"\x00\x00\x01\x00")),
+    ("PSD", lambda h: h.startswith(b"8BPS")),
+    ("JPEG 2000", lambda h: h.startswith(b"\x00\x00\x00\x0cjP  ")),
+    ("PDF", lambda h: h.startswith(b"%PDF")),
+    ("SVG or XML", lambda h: h.lstrip().startswith((b"<svg", b"<?xml"))),
+    ("WAV audio", lambda h: h.startswith(b"RIFF") and h[8:12] == b"WAVE"),
+    ("FLAC audio", lambda h: h.startswith(b"fLaC")),
+    ("OGG audio", lambda h: h.startswith(b"OggS")),
+    ("MP3 audio", lambda h: h.startswith(b"ID3")),
+)
+"""(type, test of the first 64 bytes): what the bytes claim to be, for messages."""
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -63,15 +87,17 @@ def decode_image(data: bytes, task: ImageClassificationTask, *, index: int = 0) 
 
 def _open(data: bytes, where: str, notes: list[str]) -> Image.Image:
     """Open, check the size from the header, load the first frame, apply EXIF orientation."""
+    kind = sniff(data)
+    _check_header_size(data, kind, where)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels") from exc
     except Exception as exc:  # untrusted bytes: any decoder failure means "not an image we can read"
-        raise InvalidInput(f"{where} is not a readable {ACCEPTED} image ({_reason(exc)})") from exc
+        raise InvalidInput(_unreadable(where, kind, exc)) from exc
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise InvalidInput(f"{where} has zero size ({width}x{height} pixels)")
+        raise InvalidInput(f"{where} has zero size ({width}x{height} pixels); send an image of at least 1x1 pixels")
     if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
         raise PayloadTooLarge(
             f"{where} is {width}x{height} = {width * height} pixels; the limit is {MAX_PIXELS} pixels "
@@ -87,10 +113,54 @@ def _open(data: bytes, where: str, notes: list[str]) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels") from exc
     except Exception as exc:  # truncated or corrupt pixel data surfaces only on load()
-        raise InvalidInput(f"{where} is corrupt or truncated ({_reason(exc)}); send a complete {ACCEPTED} file") from exc
+        raise InvalidInput(
+            f"{where} is not a readable image: its {image.format} pixel data is corrupt or truncated "
+            f"({_reason(exc)}); send a complete {ACCEPTED} file"
+        ) from exc
     if oriented.size != image.size or oriented.tobytes() != image.tobytes():
         notes.append("rotated/flipped upright following its EXIF orientation")
     return oriented
+
+
+def sniff(data: bytes) -> str | None:
+    """The file type named by the first bytes (an accepted format or a known other one), else None."""
+    head = data[:64]
+    for name, test in _SIGNATURES:
+        if test(head):
+            return name
+    return None
+
+
+def _check_header_size(data: bytes, kind: str | None, where: str) -> None:
+    """Refuse a zero width or height read straight from a PNG, GIF or BMP header.
+
+    Pillow refuses such files with a bare "cannot identify image file"; reading the header ourselves
+    lets the message say what is wrong.
+    """
+    size: tuple[int, int] | None = None
+    if kind == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
+        size = struct.unpack(">II", data[16:24])
+    elif kind == "GIF" and len(data) >= 10:
+        size = struct.unpack("<HH", data[6:10])
+    elif kind == "BMP" and len(data) >= 26 and struct.unpack("<I", data[14:18])[0] >= 40:
+        width, height = struct.unpack("<ii", data[18:26])
+        size = (abs(width), abs(height))  # a negative height means rows stored top-down
+    if size is not None and 0 in size:
+        raise InvalidInput(f"{where} has zero size ({size[0]}x{size[1]} pixels); send an image of at least 1x1 pixels")
+
+
+def _unreadable(where: str, kind: str | None, exc: Exception) -> str:
+    """Why Pillow could not open the bytes, in the client's terms."""
+    if kind in FORMATS:
+        # UnidentifiedImageError's "cannot identify image file" adds nothing to "corrupt or truncated"
+        detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({_reason(exc)})"
+        return (
+            f"{where} is not a readable image: it starts like a {kind} file but is corrupt or truncated{detail}; "
+            f"send a complete {ACCEPTED} file"
+        )
+    if kind is not None:
+        return f"{where} is not a readable image: it is a {kind} file, which is not accepted; convert it to {ACCEPTED}"
+    return f"{where} is not a readable image: its bytes are not a {ACCEPTED} file; send one of those"
 
 
 def _reason(exc: Exception) -> str:

@@ -7,11 +7,28 @@ may be given in the JSON body, as multipart form fields or as query parameters; 
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
+import wave
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+"""A 1x1 grayscale PNG, base64: the image example, which every image model can decode."""
+
+
+@functools.cache
+def silent_wav_base64() -> str:
+    """0.1 s of 8 kHz 8-bit mono silence as base64 WAV: an audio example that really decodes."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(8000)
+        out.writeframes(b"\x80" * 800)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class _Request(BaseModel):
