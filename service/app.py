@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.api.fastpath import InferFastPath
 from service.errors import install_handlers
 from service.middleware import BodyLimit, RequestContext
 from service.repository.registry import ModelRegistry
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.started = False
     install_handlers(app)
+    app.add_middleware(InferFastPath, state=app.state)  # innermost: ids and the body limit apply to it
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContext)
 

@@ -216,8 +216,12 @@ async def infer_version(name: str, version: str, request: Request, registry: Reg
 
 async def read_body(request: Request, *, limit: int) -> bytes:
     """The raw body, inflated when `Content-Encoding` is gzip or deflate (at most `limit` bytes)."""
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    return inflate(await request.body(), request.headers.get("content-encoding"), limit=limit)
+
+
+def inflate(body: bytes, content_encoding: str | None, *, limit: int) -> bytes:
+    """`body` as sent (no or identity encoding) or inflated (gzip, deflate) to at most `limit` bytes."""
+    encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("identity", ""):
         return body
     if encoding not in ("gzip", "deflate"):
