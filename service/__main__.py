@@ -73,6 +73,9 @@ def build_demo(repository: Path) -> None:
 
 
 def serve(settings: Settings) -> None:
+    from service.app import tune_interpreter
+
+    tune_interpreter()
     config: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": None, "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.shutdown_grace_s, "lifespan": "on", "server_header": False,
