@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # torch stays an import of the recipes, not of this contract
+    from torch import nn
 
 
 @dataclass(slots=True)
@@ -44,6 +47,9 @@ class FamilyResult:
     seconds: float
     extra: dict[str, FamilyResult] = field(default_factory=dict)
     """Further published variants (e.g. an INT8 version), by label."""
+    net: nn.Module | None = None
+    """The trained torch net that was exported (cpu, eval mode), for checks against the served model;
+    it takes the published model's inputs in config order and returns its outputs."""
 
 
 class Recipe(Protocol):

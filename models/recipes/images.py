@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +43,12 @@ class Augment:
     generator: torch.Generator
     degrees: float = 12.0
     shear: float = 0.15
-    scale: tuple[float, float] = (0.85, 1.1)
-    shift: float = 0.1
-    """Largest shift as a fraction of the half-width (0.1 ~ 1.4 px at 28)."""
+    scale: tuple[float, float] = (0.6, 1.1)
+    """Digit size factor. Down to 0.6 because the server pads uploads to a square instead of cropping to
+    the ink, so a digit drawn with a margin arrives smaller than MNIST's 20 px box (at 0.5 the held-out
+    accuracy of the cnn goes from 50 % with (0.85, 1.1) to 95 %, at a cost of 0.2 points at full size)."""
+    shift: float = 0.15
+    """Largest shift as a fraction of the half-width (0.15 ~ 2 px at 28)."""
 
     def __call__(self, x: Tensor) -> Tensor:
         b = x.shape[0]
@@ -94,7 +96,8 @@ class ImageRecipe:
         if opts.epochs is not None:
             cfg = TrainConfig(**{**asdict(cfg), "epochs": opts.epochs})
         train_start = time.perf_counter()
-        history = self._fit(net, data, cfg=cfg, mean=mean, std=std, opts=opts)
+        augment = Augment(generator=torch.Generator().manual_seed(opts.seed + 1))
+        history = self._fit(net, data, cfg=cfg, mean=mean, std=std, opts=opts, augment=augment)
         train_seconds = time.perf_counter() - train_start
         net = net.cpu().eval()
         test_x = (data.test_x - mean) / std
@@ -118,10 +121,12 @@ class ImageRecipe:
                 "seed": opts.seed,
                 "quick": opts.quick,
                 "train": {**asdict(cfg), "label_smoothing": self.label_smoothing},
+                "augment": {"degrees": augment.degrees, "shear": augment.shear, "scale": list(augment.scale),
+                            "shift": augment.shift},
                 "train_seconds": round(train_seconds, 2),
-                "heldout_metrics": metrics,
+                "metrics": metrics,
                 "final_train_loss": round(history[-1].get("loss", float("nan")), 5) if history else None,
-                "parity_max_abs_diff": parity,
+                "parity": parity,
                 "parity_atol": PARITY_ATOL,
                 "parameters": sum(p.numel() for p in net.parameters()),
             }
@@ -135,7 +140,7 @@ class ImageRecipe:
                 provenance=provenance,
             )
         return FamilyResult(
-            name=self.name, metrics=metrics, parity=parity, path=path, seconds=time.perf_counter() - start
+            name=self.name, metrics=metrics, parity=parity, path=path, seconds=time.perf_counter() - start, net=net
         )
 
     def _data(self, opts: BuildOptions) -> ImageData:
@@ -146,9 +151,9 @@ class ImageRecipe:
         return digits(seed=opts.seed, fonts_per_class=self.fonts_per_class)
 
     def _fit(
-        self, net: nn.Module, data: ImageData, *, cfg: TrainConfig, mean: float, std: float, opts: BuildOptions
+        self, net: nn.Module, data: ImageData, *, cfg: TrainConfig, mean: float, std: float, opts: BuildOptions,
+        augment: Augment,
     ) -> list[dict[str, float]]:
-        augment = Augment(generator=torch.Generator().manual_seed(opts.seed + 1))
         smoothing = self.label_smoothing
 
         def collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -233,8 +238,8 @@ CNN = ImageRecipe(
     name="cnn",
     description="Residual CNN with batch norm on 28x28 grayscale digits (light on dark); logits over 0-9.",
     make_net=_cnn,
-    train=TrainConfig(epochs=12, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="onecycle"),
-    quick_train=TrainConfig(epochs=2, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="onecycle"),
+    train=TrainConfig(epochs=8, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="onecycle"),
+    quick_train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, weight_decay=5e-4, schedule="onecycle"),
     fonts_per_class=200,
     quick_fonts_per_class=10,
     label_smoothing=0.1,
