@@ -1,6 +1,9 @@
-"""The in-graph log-mel front end against a NumPy reference (rfft per frame) and torch.stft."""
+"""The in-graph log-mel front end against a NumPy reference (rfft per frame) and torch.stft, in torch
+and exported to ONNX (the graph the server runs)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +35,30 @@ def test_log_mel_matches_numpy_reference(samples: int) -> None:
     want = reference_log_mel(audio, cfg)
     assert got.shape == want.shape == (samples // cfg.hop + 1, cfg.n_mels)
     np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Constant folding:UserWarning")  # the tracer's note on chunk's Slice
+def test_exported_log_mel_matches_numpy_reference(tmp_path: Path) -> None:
+    """STFT + filterbank inside the ONNX graph: any length, batch of ragged zero-padded items."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from models.export import export_onnx
+
+    cfg = FeatureConfig()
+    path = tmp_path / "log_mel.onnx"
+    export_onnx(LogMel(cfg), (torch.zeros(1, 3200),), path, input_names=["audio"], output_names=["log_mel"],
+                dynamic_axes={"audio": {0: "batch", 1: "samples"}, "log_mel": {0: "batch", 1: "frames"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    items = [0.2 * rng.standard_normal(n) for n in (16037, 5120)]
+    batch = np.zeros((2, 16037), np.float32)  # (B, longest), zero padded as the server pads
+    for i, item in enumerate(items):
+        batch[i, : len(item)] = item
+    (got,) = session.run(None, {"audio": batch})
+    assert got.shape == (2, 16037 // cfg.hop + 1, cfg.n_mels)
+    for i, item in enumerate(items):
+        want = reference_log_mel(item.astype(np.float32).astype(np.float64), cfg)
+        np.testing.assert_allclose(got[i, : len(want)], want, atol=2e-3, rtol=0)
 
 
 def test_log_mel_power_matches_torch_stft() -> None:

@@ -6,11 +6,13 @@ are missing (`apt-get install -y espeak-ng flite`).
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -22,6 +24,7 @@ from models.data.speech import (  # noqa: E402
     Request,
     SpeechData,
     Voice,
+    augment,
     encode,
     espeak_voices,
     make_speech_data,
@@ -29,9 +32,11 @@ from models.data.speech import (  # noqa: E402
     synthesize,
 )
 from models.nets.speech import SpeechConfig, SpeechNet, greedy_decode, reverse_within  # noqa: E402
-from models.recipes.base import BuildOptions  # noqa: E402
-from models.recipes.speech import RECIPES, export, pad_audio  # noqa: E402
+from models.recipes.base import BuildOptions, FamilyResult  # noqa: E402
+from models.recipes.speech import NET, RECIPES, export, pad_audio  # noqa: E402
 from service.repository.config import SpeechRecognitionTask, load_config  # noqa: E402
+
+FRAME_SHIFT_S = NET.frame_shift_s
 
 needs_tts = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -57,6 +62,16 @@ def test_held_out_voices_are_never_trained_on() -> None:
     train, held = espeak_voices()
     assert train and held and not set(train) & set(held)
     assert {v.name for v in held} - {v.name for v in train}, "a whole accent is held out"
+
+
+def test_augment_pads_adds_noise_and_scales() -> None:
+    tone = np.cos(2 * np.pi * 300 * np.arange(SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = augment(tone, rng)
+        assert out.dtype == np.float32 and SAMPLE_RATE <= len(out) < SAMPLE_RATE + 0.5 * SAMPLE_RATE
+        assert 0.1 <= np.abs(out).max() <= 0.9 + 1e-6
+        assert np.abs(out[:100]).max() > 0, "noise fills the leading silence"
 
 
 @needs_tts
@@ -86,6 +101,8 @@ def test_data_set_is_seeded_and_labelled(tmp_path: Path) -> None:
         np.testing.assert_array_equal(x, y)
     assert set(a.test.voices) <= set(a.test_voices) and not set(a.test_voices) & set(a.train_voices)
     assert all(v.startswith("flite:") for v in a.test_flite.voices)
+    assert set(a.test_flite.voices) <= set(a.flite_voices) and not set(a.flite_voices) & set(a.train_voices)
+    assert set(a.train.voices) <= set(a.train_voices)
     for part in (a.train, a.test, a.test_flite):
         for text, audio, req in zip(part.transcripts, part.audio, part.requests, strict=True):
             assert text == normalize_transcript(req.text) != ""
@@ -133,21 +150,29 @@ def test_exported_graph_is_padding_invariant(tmp_path: Path) -> None:
 # ---- the family build ----------------------------------------------------------------------------
 
 
-@needs_tts
-@pytest.mark.train
-def test_quick_build_publishes_a_servable_model(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory: pytest.TempPathFactory) -> FamilyResult:
+    """One `--quick` speech build shared by the tests below (about a minute on 2 cores)."""
+    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+        pytest.skip("espeak-ng and flite are not installed (apt-get install -y espeak-ng flite)")
+    torch.set_num_threads(1)
     (recipe,) = [r for r in RECIPES if r.name == "speech"]
-    result = recipe.build(BuildOptions(out=tmp_path, quick=True, progress=False))
-    assert result.path == tmp_path / "speech" / "1"
+    return recipe.build(BuildOptions(out=tmp_path_factory.mktemp("repo"), quick=True, progress=False))
+
+
+@pytest.mark.train
+def test_quick_build_publishes_a_servable_model(quick_build: FamilyResult) -> None:
+    result, repo = quick_build, quick_build.path.parent.parent
+    assert result.path == repo / "speech" / "1"
     assert set(result.metrics) >= {"wer", "cer", "wer_flite"}
     assert {"batch1_short", "batch1_long", "batch8_short", "batch8_long", "padded_vs_single"} <= set(result.parity)
     assert max(result.parity.values()) <= 1e-4
     model = onnx.load(str(result.path / "model.onnx"))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
-    config = load_config(tmp_path / "speech" / "config.yaml")
+    config = load_config(repo / "speech" / "config.yaml")
     assert isinstance(config.task, SpeechRecognitionTask)
-    assert config.task.vocabulary == VOCABULARY and config.task.frame_shift_s == pytest.approx(0.02)
+    assert config.task.vocabulary == VOCABULARY and config.task.frame_shift_s == pytest.approx(FRAME_SHIFT_S)
     assert [(t.name, t.pad_value) for t in config.inputs] == [("audio", 0.0), ("audio_lengths", None)]
     assert config.max_batch_size == 16 and config.labels == []
     assert config.provenance["metrics"]["wer"] == pytest.approx(result.metrics["wer"])
@@ -155,4 +180,35 @@ def test_quick_build_publishes_a_servable_model(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
     log_probs, frames = session.run(None, {"audio": np.zeros((2, 8000), np.float32),
                                            "audio_lengths": np.array([8000, 4000])})
-    assert log_probs.shape == (2, 26, len(VOCABULARY)) and frames.tolist() == [26, 13]  # 10 ms hop, 2x subsampling
+    expected = [(n // NET.features.hop) // NET.stride + 1 for n in (8000, 4000)]  # centered frames, subsampled
+    assert log_probs.shape == (2, expected[0], len(VOCABULARY)) and frames.tolist() == expected
+
+
+@pytest.mark.train
+async def test_quick_build_is_served_by_the_audio_pipeline(quick_build: FamilyResult) -> None:
+    """WAVs through /v1/models/speech/predict decode to what the exported graph + greedy CTC say."""
+    from conftest import serve_app
+
+    voice = Voice("espeak-ng", "en-us")
+    clips = [synthesize(Request(text, voice)) for text in ("turn on the light", "three one four")]
+    wavs = []
+    for clip in clips:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, clip, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        wavs.append(buffer.getvalue())
+    waves = [soundfile.read(io.BytesIO(w), dtype="float32")[0] for w in wavs]  # what the server decodes
+    session = ort.InferenceSession(str(quick_build.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = []
+    for wave in waves:
+        log_probs, frames = session.run(None, {"audio": wave[None], "audio_lengths": np.array([len(wave)])})
+        want += greedy_decode(log_probs, frames, VOCABULARY)
+    async with serve_app(quick_build.path.parent.parent) as client:
+        files = [("file", (f"{i}.wav", w, "audio/wav")) for i, w in enumerate(wavs)]
+        response = await client.post("/v1/models/speech/predict?return_timestamps=true", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["task"] == "speech-recognition"
+    assert [p["text"] for p in body["predictions"]] == want
+    for prediction, wave in zip(body["predictions"], waves, strict=True):
+        assert prediction["duration_s"] == pytest.approx(len(wave) / SAMPLE_RATE, abs=1e-3)
+        assert all(c["end_s"] <= len(wave) / SAMPLE_RATE + 2 * FRAME_SHIFT_S for c in prediction["chars"])
