@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,9 +60,9 @@ def raw_items_per_s(onnx_file: Path, shape: tuple[int, ...], batches: list[int],
     return out
 
 
-def json_body(shape: tuple[int, ...]) -> tuple[bytes, str, str | None]:
+def json_body(shape: tuple[int, ...], name: str = "input") -> tuple[bytes, str, str | None]:
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
-    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    body = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
     return json.dumps(body).encode(), "application/json", None
 
 
@@ -170,31 +171,34 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def memory(args: argparse.Namespace) -> None:
-    from nets import build
-
     repo = Path(args.rss)
-    bench_repo = HERE / ".repo"
-    build(bench_repo)
-    body = json_body((1, 28, 28))
     with tempfile.TemporaryDirectory() as logs, run_server(repo, log_dir=Path(logs),
                                                            env={"DEEPSERVE_LOG_LEVEL": "WARNING"}) as server:
         time.sleep(2)
         idle = rss_mib(server.process.pid)
-        print(f"idle RSS with {repo} loaded: {idle:.0f} MiB", flush=True)
-        result = {"idle_rss_mib": idle}
-        models = sorted(p.parent.parent.name for p in repo.glob("*/*/model.onnx"))
-        if args.soak and models:
+        models = sorted({p.parent.parent.name for p in repo.glob("*/*/model.onnx")})
+        print(f"idle RSS with {len(models)} models of {repo} loaded ({', '.join(models)}): {idle:.0f} MiB", flush=True)
+        result: dict[str, object] = {"models": models, "idle_rss_mib": idle}
+        if args.soak:
+            meta = json.loads(urllib.request.urlopen(f"{server.url}/v2/models/{args.soak_model}").read())
+            spec = meta["inputs"][0]
+            shape = tuple(abs(d) for d in spec["shape"][1:])  # one item
+            body = json_body(shape, spec["name"])
             target = f"{server.url}/v2/models/{args.soak_model}/infer"
-            samples = {}
+            samples: dict[int, float] = {}
+            errors = 0
             start = time.monotonic()
             for minute in range(1, int(args.soak // 60) + 1):
-                wrk(target, body, concurrency=32, seconds=max(1, start + 60 * minute - time.monotonic()))
+                *_, failed = wrk(target, body, concurrency=32, seconds=max(1, start + 60 * minute - time.monotonic()))
+                errors += failed
                 samples[minute] = rss_mib(server.process.pid)
-                print(f"  RSS after {minute} min of load: {samples[minute]:.0f} MiB", flush=True)
-            result["soak_rss_mib"] = samples
+                print(f"  RSS after {minute} min of load on {args.soak_model}: {samples[minute]:.0f} MiB "
+                      f"(failed requests so far: {errors})", flush=True)
+            result.update(soak_model=args.soak_model, soak_rss_mib=samples, soak_errors=errors)
             if 1 in samples and len(samples) > 1:
-                last = samples[max(samples)]
-                print(f"RSS growth from minute 1 to {max(samples)}: {100 * (last / samples[1] - 1):+.1f}%")
+                growth = 100 * (samples[max(samples)] / samples[1] - 1)
+                result["growth_pct"] = growth
+                print(f"RSS growth from minute 1 to {max(samples)}: {growth:+.1f}%")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "memory.json").write_text(json.dumps(result, indent=2))
