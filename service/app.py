@@ -78,7 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics:
 
         @app.get("/metrics", include_in_schema=True, tags=["monitoring"], response_class=Response,
-                 summary="Prometheus metrics")
+                 summary="Prometheus metrics",
+                 responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}})
         def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

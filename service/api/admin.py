@@ -17,10 +17,10 @@ from service.api.deps import RegistryDep
 from service.errors import InvalidInput
 from service.protocol.codec import describe
 from service.protocol.schema import (
-    ErrorResponse,
     RepositoryIndexEntry,
     RepositoryIndexRequest,
     RepositoryModelRequest,
+    error_response,
     inline_schema,
 )
 from service.repository.registry import ModelState
@@ -37,25 +37,33 @@ def _optional_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str,
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "The model failed to load; `error` names the file and reason"},
-    404: {"model": ErrorResponse, "description": "No such model in the repository"},
+    400: error_response("The body is not a RepositoryModelRequest"),
+    404: error_response("No such model in the repository"),
+    413: error_response("Request body too large"),
+    422: error_response("The request does not match the schema"),  # FastAPI's default, in our error shape
 }
+_LOAD_ERRORS = {**_ERRORS, 400: error_response(
+    "The body is not a RepositoryModelRequest, asks for config or file overrides, or the model failed to load "
+    "(`error` names the file and reason)")}
 
 
 async def _parse(request: Request, model: type[_Body]) -> _Body:
-    """An optional JSON body: empty means defaults; otherwise it must match `model`."""
+    """An optional JSON body: none means defaults; anything else (whitespace too) must be JSON matching `model`."""
     body = await request.body()
-    if not body.strip():
+    if not body:
         return model()
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidInput(f"the body does not match {model.__name__}: {describe(exc, {})}") from None
+        raise InvalidInput(
+            f"the body does not match {model.__name__}: {describe(exc, {})}; send a JSON object with its fields "
+            "(see /docs) or no body at all"
+        ) from None
 
 
 @router.post("/v2/repository/index", summary="Every model version in the repository, with state and reason",
              openapi_extra=_optional_body(RepositoryIndexRequest, {"ready": True}),
-             responses={400: {"model": ErrorResponse, "description": "The body is not a RepositoryIndexRequest"}})
+             responses={400: error_response("The body is not a RepositoryIndexRequest"), 413: _ERRORS[413]})
 async def repository_index(request: Request, registry: RegistryDep) -> list[RepositoryIndexEntry]:
     query = await _parse(request, RepositoryIndexRequest)
     entries = [
@@ -68,7 +76,7 @@ async def repository_index(request: Request, registry: RegistryDep) -> list[Repo
 
 
 @router.post("/v2/repository/models/{name}/load", summary="Load or reload a model (all served versions)",
-             response_class=Response, responses={200: {"description": "Loaded (empty body)"}, **_ERRORS},
+             response_class=Response, responses={200: {"description": "Loaded (empty body)"}, **_LOAD_ERRORS},
              openapi_extra=_optional_body(RepositoryModelRequest, {}))
 async def load_model(name: str, request: Request, registry: RegistryDep) -> Response:
     body = await _parse(request, RepositoryModelRequest)
@@ -83,7 +91,7 @@ async def load_model(name: str, request: Request, registry: RegistryDep) -> Resp
 
 
 @router.post("/v2/repository/models/{name}/unload", summary="Unload a model; queued requests still finish",
-             response_class=Response, responses={200: {"description": "Unloaded (empty body)"}, 404: _ERRORS[404]},
+             response_class=Response, responses={200: {"description": "Unloaded (empty body)"}, **_ERRORS},
              openapi_extra=_optional_body(RepositoryModelRequest, {}))
 async def unload_model(name: str, request: Request, registry: RegistryDep) -> Response:
     await _parse(request, RepositoryModelRequest)

@@ -31,12 +31,12 @@ from service.protocol import codec
 from service.protocol.binary import HEADER_LENGTH
 from service.protocol.schema import (
     INFERENCE_REQUEST_EXAMPLE,
-    ErrorResponse,
     InferenceRequest,
     InferenceResponse,
     ModelMetadataResponse,
     ServerMetadataResponse,
     TensorMetadata,
+    error_response,
     inline_schema,
 )
 from service.repository.registry import LoadedModel, ModelRegistry, ModelState
@@ -47,15 +47,22 @@ router = APIRouter(tags=["v2"], default_response_class=JSONResponse)
 
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
 
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in [(400, "Invalid request: the error names the input, the rule and the value"),
-                       (404, "Unknown model or version"), (413, "Request body too large"),
-                       (503, "Model not ready, queue full (Retry-After) or shutting down"),
-                       (504, "The request's timeout passed before it was computed")]
+    400: error_response("Invalid request: the error names the input, the rule and the value"),
+    404: error_response("Unknown model or version"),
+    413: error_response("Request body too large"),
+    415: error_response("Content-Encoding other than gzip, deflate or identity"),
+    # FastAPI documents a 422 on every route with parameters; errors.py answers it in our error shape
+    422: error_response("The request does not match the schema"),
+    500: error_response("The model failed while computing; the server log has the details"),
+    503: error_response("Model not ready, queue full or shutting down", headers=_RETRY_AFTER),
+    504: error_response("The request's timeout passed before it was computed"),
 }
 _PROBE = {200: {"description": "Ready (empty body)"},
-          503: {"model": ErrorResponse, "description": "Not ready; `error` says why"}}
+          503: error_response("Not ready; `error` says why", headers=_RETRY_AFTER)}
+_LOOKUP_ERRORS = {code: _ERRORS[code] for code in (404, 422)}
+"""Metadata and readiness only look a model up: an unknown name or version (404) is their only error."""
 
 
 # ---- health and metadata ---------------------------------------------------------------------------
@@ -83,24 +90,25 @@ def ready(request: Request) -> Response:
     return Response(status_code=200) if reason is None else _not_ready(reason, "server_not_ready")
 
 
-@router.get("/v2/models/{name}", summary="Model metadata (latest version)", responses=_ERRORS)
+@router.get("/v2/models/{name}", summary="Model metadata (latest version)", responses=_LOOKUP_ERRORS)
 def model_metadata(name: str, registry: RegistryDep) -> ModelMetadataResponse:
     return describe_model(registry, registry.find(name))
 
 
-@router.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)", responses=_ERRORS)
+@router.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)",
+            responses=_LOOKUP_ERRORS)
 def model_version_metadata(name: str, version: str, registry: RegistryDep) -> ModelMetadataResponse:
     return describe_model(registry, registry.find(name, version))
 
 
 @router.get("/v2/models/{name}/ready", summary="Model readiness: 200 or 503 (404 only for unknown models)",
-            response_class=Response, responses={**_PROBE, 404: _ERRORS[404]})
+            response_class=Response, responses={**_PROBE, **_LOOKUP_ERRORS})
 def model_ready(name: str, registry: RegistryDep) -> Response:
     return model_probe(registry.find(name))
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version readiness: 200 or 503",
-            response_class=Response, responses={**_PROBE, 404: _ERRORS[404]})
+            response_class=Response, responses={**_PROBE, **_LOOKUP_ERRORS})
 def model_version_ready(name: str, version: str, registry: RegistryDep) -> Response:
     return model_probe(registry.find(name, version))
 
@@ -177,6 +185,13 @@ _INFER_DOC = (
     "`Content-Encoding: gzip` or `deflate` bodies are accepted."
 )
 _INFER_OPENAPI: dict[str, Any] = {
+    "parameters": [  # read from the raw headers, not by FastAPI: declared here for clients and the docs
+        {"name": HEADER_LENGTH, "in": "header", "required": False,
+         "description": "Binary tensor data extension: byte length of the JSON header at the start of the body",
+         "schema": {"type": "integer", "minimum": 1}},
+        {"name": "Content-Encoding", "in": "header", "required": False, "description": "Compression of the body",
+         "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]}},
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -193,7 +208,10 @@ _INFER_OPENAPI: dict[str, Any] = {
 }
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": InferenceResponse, "description": "Outputs as JSON, or JSON header + raw bytes",
-          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+          "headers": {HEADER_LENGTH: {"description": "Set when any output is binary: byte length of the JSON "
+                                                     "header at the start of the body",
+                                      "schema": {"type": "integer", "minimum": 1}}}},
     **_ERRORS,
 }
 

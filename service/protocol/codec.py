@@ -104,6 +104,8 @@ def decode_request(body: bytes, *, header_length: str | None = None) -> DecodedR
                 "is wrong"
             )
         inputs[item.name] = binary.decode_raw(item.name, rest[offset:offset + size], dtype=dtype, shape=shape)
+        if dtype.kind == "O":
+            _check_text(item.name, inputs[item.name])
         offset += size
     if offset != len(rest):
         raise InvalidInput(
@@ -284,6 +286,19 @@ def _flatten_strings(name: str, data: list[Any]) -> list[bytes]:
 
 
 _END = object()
+
+
+def _check_text(name: str, array: Tensor) -> None:
+    """Raw BYTES elements must be UTF-8: ONNX Runtime string tensors hold text, and one bad element
+    found at run time would fail every request batched with it (JSON strings are always text)."""
+    for index, value in enumerate(array.reshape(-1).tolist()):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {name!r}: BYTES element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "ONNX Runtime string tensors hold text, so encode each element as UTF-8"
+            ) from None
 
 
 # ---- responses ------------------------------------------------------------------------------------

@@ -25,10 +25,17 @@ class _Wire(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
 
+class _Request(_Wire):
+    """What clients send is strict: `"ready": 0.0`, `"shape": ["2"]` or `"timeout": 30.0` are refused
+    rather than coerced, so a request means what its JSON says (and what the published schema allows)."""
+
+    model_config = ConfigDict(strict=True, use_attribute_docstrings=True)
+
+
 # ---- parameters with meaning to this server --------------------------------------------------------
 
 
-class InputParameters(_Wire):
+class InputParameters(_Request):
     """Parameters of one request input; unknown keys are kept and ignored."""
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
@@ -37,7 +44,7 @@ class InputParameters(_Wire):
     """Binary tensor extension: the input's raw bytes follow the JSON header; this many of them."""
 
 
-class OutputParameters(_Wire):
+class OutputParameters(_Request):
     """Parameters of one requested output; unknown keys are kept and ignored."""
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
@@ -48,22 +55,23 @@ class OutputParameters(_Wire):
     """Triton's classification extension; not supported here (a value above 0 is refused)."""
 
 
-class RequestParameters(_Wire):
+class RequestParameters(_Request):
     """Request-level parameters; unknown keys (priority, sequence_id, ...) are kept and ignored."""
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
     binary_data_output: bool | None = None
     """Binary tensor extension: true returns every output as raw bytes unless the output says otherwise."""
-    timeout: int | None = None
-    """Time the request may take end to end, in **microseconds** (Triton's unit; tritonclient's
-    `timeout=`). It can only shorten the model's default (`request_timeout_s`), never extend it."""
+    timeout: int | None = Field(None, le=2**64 - 1)
+    """Time the request may take end to end, in **microseconds** (Triton's unit and uint64 range;
+    tritonclient's `timeout=`). It can only shorten the model's default (`request_timeout_s`), never
+    extend it."""
 
 
 # ---- inference -------------------------------------------------------------------------------------
 
 
-class RequestInput(_Wire):
+class RequestInput(_Request):
     """One input tensor: JSON `data` (flat or nested, row-major), or raw bytes after the JSON header."""
 
     name: str
@@ -79,7 +87,7 @@ class RequestInput(_Wire):
     Leave it out when `parameters.binary_data_size` is given."""
 
 
-class RequestOutput(_Wire):
+class RequestOutput(_Request):
     """An output the client asks for; without `outputs` in the request every output is returned."""
 
     name: str
@@ -99,7 +107,7 @@ INFERENCE_REQUEST_EXAMPLE: dict[str, Any] = {
 """A request for a model with input x FP32 [-1, 4] and output logits (the tests' classifier)."""
 
 
-class InferenceRequest(_Wire):
+class InferenceRequest(_Request):
     """Body of `POST /v2/models/{name}[/versions/{version}]/infer` (its JSON header when binary)."""
 
     model_config = ConfigDict(
@@ -233,7 +241,7 @@ class ModelMetadataResponse(_Wire):
 # ---- model repository extension --------------------------------------------------------------------
 
 
-class RepositoryIndexRequest(_Wire):
+class RepositoryIndexRequest(_Request):
     """Body of `POST /v2/repository/index`; the body itself is optional."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, json_schema_extra={"examples": [{"ready": True}]})
@@ -266,7 +274,7 @@ class RepositoryIndexEntry(_Wire):
     """Why the model is in that state (a load error), empty when ready."""
 
 
-class RepositoryModelRequest(_Wire):
+class RepositoryModelRequest(_Request):
     """Optional body of load/unload; tritonclient sends `parameters` (ignored here)."""
 
     model_config = ConfigDict(
@@ -288,6 +296,11 @@ class ErrorResponse(_Wire):
 
     error: str
     code: str
+
+
+def error_response(description: str, **extra: Any) -> dict[str, Any]:
+    """A FastAPI `responses=` entry whose body is an `ErrorResponse` (`extra`: headers, ...)."""
+    return {"model": ErrorResponse, "description": description, **extra}
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
