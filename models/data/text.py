@@ -171,9 +171,8 @@ def load(*, seed: int, data: Path | None = None, limit: int | None = None) -> Te
 # ---- tokenizer -------------------------------------------------------------------------------------
 
 
-def train_tokenizer(texts: Sequence[str], *, vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
-    """A lower-casing WordPiece tokenizer; [PAD]=0, [UNK]=1, [CLS]=2 prepended to every text."""
-    tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=50))
+def _wordpiece_tokenizer(model: models.WordPiece) -> Tokenizer:
+    tok = Tokenizer(model)
     tok.normalizer = normalizers.Sequence(
         [
             normalizers.NFKD(),
@@ -186,10 +185,30 @@ def train_tokenizer(texts: Sequence[str], *, vocab_size: int = 8000, min_frequen
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def train_tokenizer(texts: Sequence[str], *, vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
+    """A lower-casing WordPiece tokenizer; [PAD]=0, [UNK]=1, [CLS]=2 prepended to every text.
+
+    The same texts always give the same vocabulary. The trainer alone does not promise that
+    (huggingface/tokenizers#1794): it numbers the "##x" pieces in hash-map order and breaks ties
+    between equally frequent merges by those numbers. Handing it every "##x" piece up front, in
+    sorted order, fixes the numbering; the tokenizer returned keeps them as plain vocabulary.
+    """
+    draft = _wordpiece_tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=50))
+    normalizer = draft.normalizer
+    assert normalizer is not None
+    chars = sorted({c for text in texts for c in normalizer.normalize_str(text) if not c.isspace()})
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK, CLS], show_progress=False
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[PAD, UNK, CLS, *(f"##{c}" for c in chars)],
+        show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    draft.train_from_iterator(texts, trainer=trainer)
+    tok = _wordpiece_tokenizer(models.WordPiece(draft.get_vocab(), unk_token=UNK, max_input_chars_per_word=50))
+    tok.add_special_tokens([PAD, UNK, CLS])
     tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, tok.token_to_id(CLS))])
     return tok
 

@@ -32,7 +32,10 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0
-        self.n_head = cfg.n_head
+        # Widths come from the config, not from tensor sizes: the ONNX tracer warns on (and freezes)
+        # sizes turned into Python numbers.
+        self.n_head, self.n_embd, self.head_size = cfg.n_head, cfg.n_embd, cfg.n_embd // cfg.n_head
+        self.scale = 1.0 / math.sqrt(self.head_size)
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.attn_drop = nn.Dropout(cfg.dropout)
@@ -40,16 +43,16 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         """x (B, T, C); keep (B, 1, 1, T) bool, False on padding keys."""
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
+        q, k, v = (z.view(b, t, self.n_head, self.head_size).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, T)
         # A finite minimum, not -inf: exp() underflows to exactly 0 for padding keys, and a row with
         # no real key (never fed in practice) stays finite instead of NaN.
         att = att.masked_fill(~keep, torch.finfo(att.dtype).min)
         att = self.attn_drop(F.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(b, t, c)  # (B, nh, T, hs) -> (B, T, C)
+        y = (att @ v).transpose(1, 2).reshape(b, t, self.n_embd)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_drop(self.proj(y))
 
 
@@ -98,15 +101,36 @@ class TextClassifier(nn.Module):
             if module.padding_idx is not None:
                 nn.init.zeros_(module.weight[module.padding_idx])
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """input_ids, attention_mask: int64 (B, T), mask 1 on tokens, 0 on padding -> logits (B, n_classes)."""
+    def token_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """input_ids, attention_mask: int64 (B, T) -> final-layer token states (B, T, n_embd)."""
         t = input_ids.size(1)
         pos = torch.arange(t, device=input_ids.device)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
         keep = (attention_mask > 0)[:, None, None, :]  # (B, T) -> (B, 1, 1, T)
         for block in self.blocks:
             x = block(x, keep)
-        x = self.ln_f(x)
+        return self.ln_f(x)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """input_ids, attention_mask: int64 (B, T), mask 1 on tokens, 0 on padding -> logits (B, n_classes)."""
+        x = self.token_states(input_ids, attention_mask)
         weights = (attention_mask > 0).to(x.dtype).unsqueeze(-1)  # (B, T, 1)
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, T, C) -> (B, C)
         return self.head(pooled)
+
+
+class MaskedTokens(nn.Module):
+    """A classifier's encoder with an output layer tied to its token embeddings: predicts masked tokens.
+
+    For pretraining on the task's own texts before the classifier is trained; only `net` is kept.
+    """
+
+    def __init__(self, net: TextClassifier) -> None:
+        super().__init__()
+        self.net = net
+        self.bias = nn.Parameter(torch.zeros(net.cfg.vocab_size))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, where: Tensor) -> Tensor:
+        """Vocabulary logits (M, vocab_size) at the M positions where `where` (B, T) is True."""
+        states = self.net.token_states(input_ids, attention_mask)[where]  # (B, T, C) -> (M, C)
+        return states @ self.net.tok_emb.weight.T + self.bias  # (M, C) -> (M, V)
