@@ -1,0 +1,97 @@
+"""The v2 infer route under concurrent HTTP traffic: batches form, a full queue answers 503 at once,
+and a reload while requests are in flight loses none of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from conftest import AppClient
+from onnx_models import batch_size_model, classifier_model, classifier_weights, slow_model, write_model
+
+CPU: dict[str, Any] = {"providers": ["CPUExecutionProvider"]}
+
+
+def body(name: str, x: np.ndarray) -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def histogram(metrics: str, name: str, model: str) -> tuple[float, float]:
+    """(sum, count) of a histogram for one model from the Prometheus text."""
+    values = {}
+    for line in metrics.splitlines():
+        for part in ("_sum", "_count"):
+            if line.startswith(f"{name}{part}{{") and f'model="{model}"' in line:
+                values[part] = float(line.rsplit(" ", 1)[1])
+    return values["_sum"], values["_count"]
+
+
+async def test_concurrent_requests_are_computed_in_shared_batches(repo: Path, app_client: AppClient) -> None:
+    write_model(repo, "bs", batch_size_model(), config={"max_batch_size": 32, "max_queue_delay_ms": 50})
+    rng = np.random.default_rng(0)
+    xs = [rng.random((1, 4), dtype=np.float32) for _ in range(24)]
+    async with app_client(**CPU) as client:
+        answers = await asyncio.gather(*(client.post("/v2/models/bs/infer", json=body("x", x)) for x in xs))
+        sizes = []
+        for x, response in zip(xs, answers, strict=True):
+            assert response.status_code == 200, response.text
+            outputs = {o["name"]: o for o in response.json()["outputs"]}
+            np.testing.assert_allclose(np.array(outputs["y"]["data"]).reshape(1, 4), 2 * x, rtol=1e-6)
+            sizes.append(outputs["batch"]["data"][0])
+        assert max(sizes) > 1, sizes  # the model saw a batch larger than any one request
+        total, batches = histogram((await client.get("/metrics")).text, "deepserve_batch_size", "bs")
+        assert total == 24 and batches < 24, (total, batches)
+
+
+async def test_a_full_queue_answers_503_with_retry_after_at_once(repo: Path, app_client: AppClient) -> None:
+    write_model(repo, "slow", slow_model(width=1024, depth=48), config={"max_batch_size": 0, "max_queue_size": 2})
+    x = np.zeros((1, 1024), np.float32)
+    async with app_client(**CPU) as client:
+        async def timed() -> tuple[httpx.Response, float]:
+            start = time.perf_counter()
+            response = await client.post("/v2/models/slow/infer", json=body("x", x))
+            return response, time.perf_counter() - start
+
+        results = await asyncio.gather(*(timed() for _ in range(12)))
+        statuses = sorted(r.status_code for r, _ in results)
+        assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
+        assert set(statuses) <= {200, 503}, statuses
+        slowest_ok = max(t for r, t in results if r.status_code == 200)
+        for response, seconds in results:
+            if response.status_code == 503:
+                assert response.headers["retry-after"].isdigit(), response.headers
+                assert response.json()["code"] == "queue_full", response.text
+                assert seconds < slowest_ok, (seconds, slowest_ok)  # refused, not queued
+
+
+async def test_reload_under_concurrent_traffic_loses_no_request(repo: Path, app_client: AppClient) -> None:
+    write_model(repo, "clf", classifier_model(seed=0), config={"max_batch_size": 8, "max_queue_delay_ms": 1})
+    x = np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4)
+    answers = {seed: x @ w + b for seed in (0, 1, 2) for w, b in [classifier_weights(seed=seed)]}
+    async with app_client(**CPU) as client:
+        stop = asyncio.Event()
+        seen: list[int] = []
+
+        async def traffic() -> None:
+            while not stop.is_set():
+                response = await client.post("/v2/models/clf/infer", json=body("x", x))
+                assert response.status_code == 200, response.text
+                logits = np.array(response.json()["outputs"][0]["data"]).reshape(1, 3)
+                seen.append(next(s for s, a in answers.items() if np.allclose(logits, a, atol=1e-5)))
+
+        workers = [asyncio.create_task(traffic()) for _ in range(8)]
+        for seed in (1, 2):
+            await asyncio.sleep(0.3)
+            write_model(repo, "clf", classifier_model(seed=seed))  # new weights in the same version folder
+            response = await client.post("/v2/repository/models/clf/load")
+            assert response.status_code == 200, response.text
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*workers)  # any failed request raised above
+        assert seen[0] == 0 and seen[-1] == 2, (seen[:3], seen[-3:])
+        assert set(seen) == {0, 1, 2}, "each weight set served some requests"
+        assert len(seen) > 50, len(seen)
