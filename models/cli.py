@@ -50,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=False)
+    if not console.is_terminal:  # a log file or a pipe: do not squeeze the metrics table into 80 columns
+        console = Console(stderr=False, width=200)
     if args.command == "list":
         return _list(console)
     return _build(args, console)

@@ -90,7 +90,7 @@ FULL = Sizes(
     net=TextConfig(max_length=64, n_layer=2, n_head=4, n_embd=128, ffn_mult=2, dropout=0.1, embd_dropout=0.1),
     train=TrainConfig(epochs=2, batch_size=64, lr=1e-3, weight_decay=0.05, schedule="onecycle"),
     token_dropout=0.1,
-    pretrain=TrainConfig(epochs=4, batch_size=64, lr=2e-3, weight_decay=0.01, schedule="onecycle"),
+    pretrain=TrainConfig(epochs=6, batch_size=64, lr=2e-3, weight_decay=0.01, schedule="onecycle"),
 )
 QUICK = Sizes(
     limit=1500,
