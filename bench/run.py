@@ -5,7 +5,9 @@
     python bench/run.py --rss model_repository --soak 300   # idle RSS, RSS after 1 and 5 minutes of load
 
 Figures are ratios taken in the same run (the machine is shared and noisy): server req/s over raw
-ONNX Runtime items/s at its best batch size on the same model with the same session options.
+ONNX Runtime items/s at its best batch size on the same model with the same session options. For
+the ResNet-18-sized model every wrk run is paired with a raw run just before it ("paired"), since a
+shared machine's speed drifts over the minutes a run takes.
 Results go to bench/results/ (JSON and a Markdown table) and stdout.
 """
 
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +45,8 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int
+    raw_paired: float | None = None
+    """Raw ONNX Runtime items/s at its best batch size, measured right before each server run (median)."""
 
 
 def raw_items_per_s(onnx_file: Path, shape: tuple[int, ...], batches: list[int], seconds: float) -> dict[int, float]:
@@ -101,17 +106,24 @@ def wrk(url: str, body: tuple[bytes, str, str | None], *, concurrency: int, seco
 
 
 def measure(url: str, model: str, body_kind: str, shape: tuple[int, ...], concurrencies: list[int],
-            repeats: int, seconds: float) -> list[Point]:
+            repeats: int, seconds: float, raw: Callable[[], float] | None = None) -> list[Point]:
+    """wrk at each concurrency, `repeats` times; with `raw`, each wrk run is paired with a raw ONNX
+    Runtime run just before it, so slow drift of a shared machine cancels out of the ratio."""
     body = json_body(shape) if body_kind == "json" else binary_body(shape)
     points = []
     for c in concurrencies:
         wrk(f"{url}/v2/models/{model}/infer", body, concurrency=c, seconds=1)  # warm connections and caches
-        runs = [wrk(f"{url}/v2/models/{model}/infer", body, concurrency=c, seconds=seconds) for _ in range(repeats)]
+        runs, raws = [], []
+        for _ in range(repeats):
+            if raw is not None:
+                raws.append(raw())
+            runs.append(wrk(f"{url}/v2/models/{model}/infer", body, concurrency=c, seconds=seconds))
         point = Point(model, body_kind, c, statistics.median(r[0] for r in runs),
                       statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs),
-                      sum(r[3] for r in runs))
+                      sum(r[3] for r in runs), statistics.median(raws) if raws else None)
+        paired = f"  raw {point.raw_paired:7.1f} items/s" if point.raw_paired else ""
         print(f"  {model:18s} {body_kind:6s} c={c:<3d} {point.rps:8.1f} req/s  p50 {point.p50_ms:7.2f} ms  "
-              f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}", flush=True)
+              f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}{paired}", flush=True)
         points.append(point)
     return points
 
@@ -124,14 +136,15 @@ def rss_mib(pid: int) -> float:
 
 
 def table(points: list[Point], raw: dict[str, dict[int, float]]) -> str:
-    lines = ["| model | body | batching | concurrency | req/s | p50 ms | p99 ms | errors | % of raw best |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | body | batching | concurrency | req/s | p50 ms | p99 ms | errors | % of raw best | % of raw, paired |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         base = p.model.removesuffix("_nobatch")
         best = max(raw[base].values())
         batching = "off" if p.model.endswith("_nobatch") else "on"
         lines.append(f"| {base} | {p.body} | {batching} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | "
-                     f"{p.p99_ms:.2f} | {p.errors} | {100 * p.rps / best:.0f}% |")
+                     f"{p.p99_ms:.2f} | {p.errors} | {100 * p.rps / best:.0f}% | "
+                     f"{f'{100 * p.rps / p.raw_paired:.0f}%' if p.raw_paired else '-'} |")
     lines.append("")
     for name, by_batch in raw.items():
         best_batch = max(by_batch, key=lambda b: by_batch[b])
@@ -159,9 +172,14 @@ def speed(args: argparse.Namespace) -> None:
         print(f"server {server.url} (pid {server.process.pid}):", flush=True)
         for model in ("small", "small_nobatch"):
             points += measure(server.url, model, "json", (1, 28, 28), args.concurrency, repeats, seconds)
+        best = max(raw["resnet18"], key=lambda b: raw["resnet18"][b])
+
+        def resnet_raw() -> float:
+            return raw_items_per_s(repo / "resnet18/1/model.onnx", (3, 224, 224), [best], seconds)[best]
+
         for model in ("resnet18", "resnet18_nobatch"):
             points += measure(server.url, model, "binary", (3, 224, 224), [c for c in args.concurrency if c > 1],
-                              repeats, seconds)
+                              repeats, seconds, raw=resnet_raw)
     report = table(points, raw)
     print("\n" + report)
     out = HERE / "results"
