@@ -93,7 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
 GIL_SWITCH_INTERVAL_S = 0.0005
 """How long the event loop may keep the GIL while an inference thread waits for it (Python's default
 is 5 ms). Each finished batch needs the GIL back to return its outputs; with the default, a busy event
-loop added up to 5 ms per batch (measured: 1x28x28 CNN, one request at a time, 350 -> 1,680 req/s)."""
+loop added up to 5 ms per batch (measured in process, 1x28x28 CNN, one request at a time, on a busy
+machine: 350 -> 1,680 req/s)."""
 
 
 def tune_interpreter() -> None:

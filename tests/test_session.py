@@ -11,10 +11,17 @@ import pytest
 from onnx_models import batch_size_model, identity_model, write_model
 
 from service.repository.config import ModelConfig
+from service.runtime import providers
 from service.runtime.providers import resolve_providers
 from service.runtime.session import OnnxSession, session_options
 
 CPU = "CPUExecutionProvider"
+
+
+@pytest.fixture(autouse=True)
+def no_provider_marked_unusable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a fresh process: no provider has fallen back yet."""
+    monkeypatch.setattr(providers, "_unusable", set())
 
 
 def test_resolve_keeps_available_preferences_with_cpu_last() -> None:
@@ -33,6 +40,16 @@ def test_cuda_requested_reports_what_really_runs(tmp_path: Path, caplog: pytest.
         ["CUDAExecutionProvider"])).get_providers()
     if session.providers[0] == CPU:  # no usable GPU: the fallback is reported, not hidden
         assert "CUDAExecutionProvider was requested" in caplog.text
+
+
+def test_a_provider_that_fell_back_is_not_asked_for_again(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "m", batch_size_model()) / "model.onnx"
+    first = OnnxSession.load(path, config=ModelConfig(), providers=["CUDAExecutionProvider", CPU])
+    if first.providers[0] != CPU:
+        pytest.skip("CUDA works here: nothing falls back")
+    assert resolve_providers(["CUDAExecutionProvider", CPU]) == [CPU]  # ONNX Runtime is not retried
+    again = OnnxSession.load(path, config=ModelConfig(), providers=["CUDAExecutionProvider", CPU])
+    assert again.providers == [CPU]
 
 
 def test_graph_tensors_become_specs_with_dynamic_dims_as_minus_one(tmp_path: Path) -> None:
