@@ -1,6 +1,6 @@
 """v2 requests -> numpy inputs, and numpy outputs -> v2 responses (JSON and binary tensor data).
 
-The one datatype table of the service lives here (`DATATYPES`). Decoding checks everything a client
+The datatype table is `service.types.NUMPY_DTYPES` (`DATATYPES` here). Decoding checks everything a client
 can get wrong before anything is queued: JSON syntax, schema, datatype names, shapes, element
 counts, value ranges, binary sizes; every error is an `InvalidInput` naming the input, the rule, the
 value and the fix. Numeric data never goes through a per-element Python loop: JSON lists go through
@@ -21,23 +21,9 @@ from pydantic import ValidationError
 from service.errors import InferenceFailed, InvalidInput
 from service.protocol import binary
 from service.protocol.schema import InferenceRequest, RequestInput
-from service.types import Tensor, TensorMap
+from service.types import NUMPY_DTYPES, Tensor, TensorMap
 
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),  # elements are `bytes`
-}
+DATATYPES = NUMPY_DTYPES
 _BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 
 

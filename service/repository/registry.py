@@ -25,9 +25,9 @@ from service.batching.batcher import DynamicBatcher
 from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ShuttingDown
 from service.repository.config import ModelConfig, TensorSpec
 from service.repository.scan import ModelSpec, complete_config, scan
-from service.runtime.session import NUMPY_DTYPES, OnnxSession
+from service.runtime.session import OnnxSession
 from service.settings import Settings
-from service.types import Tensor, TensorMap
+from service.types import NUMPY_DTYPES, Tensor, TensorMap
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from service.repository.config import Datatype, ModelConfig, TensorSpec
 from service.runtime.providers import describe_fallback, mark_unusable, resolve_providers
-from service.types import Tensor, TensorMap
+from service.types import NUMPY_DTYPES, Tensor, TensorMap
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +38,6 @@ ORT_DATATYPES: dict[str, Datatype] = {
     "tensor(string)": "BYTES",
 }
 
-# v2 datatype -> the numpy dtype ONNX Runtime takes and returns (BYTES travel as object arrays)
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
 assert set(NUMPY_DTYPES) == set(get_args(Datatype))
 
 _OPTIMIZATION = {

@@ -38,12 +38,9 @@ from service.tasks.schema import (
     TranscribeResponse,
     Transcription,
 )
-from service.types import Tensor, TensorMap
+from service.types import NUMPY_DTYPES, Tensor, TensorMap
 
-_NUMPY_DTYPES = {
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-    "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_,
-}
+_NUMPY_DTYPES = {name: dtype for name, dtype in NUMPY_DTYPES.items() if name != "BYTES"}
 
 
 @dataclass(slots=True)
