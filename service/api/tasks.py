@@ -14,7 +14,7 @@ import binascii
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -49,6 +49,19 @@ ReturnProbabilities = Annotated[
 ReturnTimestamps = Annotated[
     bool | None, Query(description="Also return word and character timestamps (speech recognition).")
 ]
+
+async def _options(
+    top_k: TopK = None,
+    return_probabilities: ReturnProbabilities = None,
+    return_timestamps: ReturnTimestamps = None,
+) -> Options:
+    return Options(
+        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps)
+    )
+
+
+OptionsDep = Annotated[Options, Depends(_options)]
+"""The query options of both predict routes (async: no thread hop)."""
 
 _PREDICT_DESCRIPTION = (
     "Runs the model's task (its config.yaml `task` section) on what you send, through the same dynamic "
@@ -274,17 +287,7 @@ async def _predict(
     openapi_extra=openapi_body(),
     responses=_ERRORS,
 )
-async def predict(
-    name: str,
-    request: Request,
-    registry: RegistryDep,
-    top_k: TopK = None,
-    return_probabilities: ReturnProbabilities = None,
-    return_timestamps: ReturnTimestamps = None,
-) -> PredictResponse:
-    options = Options(
-        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps)
-    )
+async def predict(name: str, request: Request, registry: RegistryDep, options: OptionsDep) -> PredictResponse:
     return await _predict(registry.get(name), request, options)
 
 
@@ -298,17 +301,8 @@ async def predict(
     responses=_ERRORS,
 )
 async def predict_version(
-    name: str,
-    version: str,
-    request: Request,
-    registry: RegistryDep,
-    top_k: TopK = None,
-    return_probabilities: ReturnProbabilities = None,
-    return_timestamps: ReturnTimestamps = None,
+    name: str, version: str, request: Request, registry: RegistryDep, options: OptionsDep
 ) -> PredictResponse:
-    options = Options(
-        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps)
-    )
     return await _predict(registry.get(name, version), request, options)
 
 
