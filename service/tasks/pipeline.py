@@ -92,6 +92,18 @@ def _ranked(scores: Tensor, names: Sequence[str], top_k: int, return_all: bool) 
     return [LabelScore(label=n, score=s) for n, s in ranked.top], ranked.all_scores
 
 
+def _rank_rows(
+    model: LoadedModel,
+    task: ImageClassificationTask | TextClassificationTask | AudioClassificationTask,
+    probs: Tensor,
+    options: Options,
+) -> list[tuple[list[LabelScore], dict[str, float] | None]]:
+    """Each item's top-k labels (and every score when asked), with the task's or the model's labels."""
+    names = task.labels or model.config.labels
+    top_k = options.top_k or task.top_k
+    return [_ranked(row, names, top_k, options.return_probabilities) for row in probs]
+
+
 # ---- image -------------------------------------------------------------------------------------------
 
 
@@ -107,12 +119,10 @@ async def classify_images(model: LoadedModel, payload: Payload) -> ImageClassify
     probs = labels.class_scores(
         output(outputs, task.output, model), items=len(decoded), activation="softmax" if task.logits else "none"
     )
-    names = task.labels or model.config.labels
-    top_k = payload.options.top_k or task.top_k
-    predictions = []
-    for row, item in zip(probs, decoded, strict=True):
-        top, everything = _ranked(row, names, top_k, payload.options.return_probabilities)
-        predictions.append(ImagePrediction(labels=top, probabilities=everything, notes=item.notes))
+    predictions = [
+        ImagePrediction(labels=top, probabilities=everything, notes=item.notes)
+        for (top, everything), item in zip(_rank_rows(model, task, probs, payload.options), decoded, strict=True)
+    ]
     return ImageClassifyResponse(model=model.name, version=model.version, predictions=predictions)
 
 
@@ -148,14 +158,10 @@ async def classify_texts(model: LoadedModel, payload: Payload) -> TextClassifyRe
         items=len(payload.texts),
         activation="sigmoid" if task.multi_label else "softmax",
     )
-    names = task.labels or model.config.labels
-    top_k = payload.options.top_k or task.top_k
-    predictions = []
-    for i, row in enumerate(probs):
-        top, everything = _ranked(row, names, top_k, payload.options.return_probabilities)
-        predictions.append(
-            TextPrediction(labels=top, probabilities=everything, tokens=encoded.lengths[i], truncated=encoded.truncated[i])
-        )
+    predictions = [
+        TextPrediction(labels=top, probabilities=everything, tokens=encoded.lengths[i], truncated=encoded.truncated[i])
+        for i, (top, everything) in enumerate(_rank_rows(model, task, probs, payload.options))
+    ]
     return TextClassifyResponse(model=model.name, version=model.version, predictions=predictions)
 
 
@@ -245,12 +251,10 @@ async def classify_audio(model: LoadedModel, payload: Payload) -> AudioClassifyR
     probs = labels.class_scores(
         output(outputs, task.output, model), items=len(decoded), activation="softmax" if task.logits else "none"
     )
-    names = task.labels or model.config.labels
-    top_k = payload.options.top_k or task.top_k
-    predictions = []
-    for row, item in zip(probs, decoded, strict=True):
-        top, everything = _ranked(row, names, top_k, payload.options.return_probabilities)
-        predictions.append(AudioPrediction(labels=top, probabilities=everything, duration_s=item.duration_s, notes=item.notes))
+    predictions = [
+        AudioPrediction(labels=top, probabilities=everything, duration_s=item.duration_s, notes=item.notes)
+        for (top, everything), item in zip(_rank_rows(model, task, probs, payload.options), decoded, strict=True)
+    ]
     return AudioClassifyResponse(model=model.name, version=model.version, predictions=predictions)
 
 
