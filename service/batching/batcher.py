@@ -6,6 +6,12 @@ waiting (evidence of concurrent traffic) waits for more until the *oldest* job h
 `max_queue_delay_ms` (MLServer measured from the newest for years: issues #1936, #2065, PR #2093).
 An idle server runs a lone request at once. Batches run in a thread pool sized to the number of
 runners (model instances); jobs that timed out or were cancelled are dropped before computing.
+
+Two priority lanes share the queue: `Priority.NORMAL` (/predict, /v2 infer) and `Priority.LOW`
+(explanations: hundreds of perturbed copies). A batch starts from the oldest normal job when there is
+one and takes normal jobs before low ones, so a burst of low-priority work delays ordinary traffic by
+at most the batch being computed. Each lane is bounded by `max_queue_size` on its own, so low-priority
+work can never make ordinary requests fail with QueueFull.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 from service import metrics
 from service.batching.assemble import batch_key, split, stack
@@ -26,6 +33,13 @@ from service.types import TensorMap
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[TensorMap], TensorMap]
+
+
+class Priority(IntEnum):
+    """Queue lane of a job; lower values are served first."""
+
+    NORMAL = 0
+    LOW = 1
 
 
 @dataclass(slots=True)
@@ -40,6 +54,46 @@ class Job:
     key: Hashable = None
     """assemble.batch_key: only jobs with equal keys share a batch."""
     enqueued_at: float = field(default_factory=time.monotonic)
+    priority: Priority = Priority.NORMAL
+
+
+class _Lanes:
+    """The job queue: one FIFO per priority; `get` serves the most urgent lane first.
+
+    Single consumer (the worker); `get` waits on an event set by every put, it never polls.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[Job], ...] = tuple(deque() for _ in Priority)
+        self._arrived = asyncio.Event()
+
+    def qsize(self, priority: Priority | None = None) -> int:
+        if priority is not None:
+            return len(self._lanes[priority])
+        return sum(len(lane) for lane in self._lanes)
+
+    def empty(self) -> bool:
+        return not any(self._lanes)
+
+    def has(self, priority: Priority) -> bool:
+        return bool(self._lanes[priority])
+
+    def put_nowait(self, job: Job) -> None:
+        self._lanes[job.priority].append(job)
+        self._arrived.set()
+
+    def get_nowait(self, priority: Priority | None = None) -> Job:
+        lanes = self._lanes if priority is None else (self._lanes[priority],)
+        for lane in lanes:
+            if lane:
+                return lane.popleft()
+        raise asyncio.QueueEmpty
+
+    async def get(self) -> Job:
+        while self.empty():
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self.get_nowait()
 
 
 def preferred_cut(counts: Sequence[int], preferred: Collection[int]) -> int:
@@ -97,7 +151,7 @@ class DynamicBatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         # created in start(), inside the running loop
-        self._queue: asyncio.Queue[Job] | None = None
+        self._queue: _Lanes | None = None
         self._idle: asyncio.Queue[Runner] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -111,6 +165,11 @@ class DynamicBatcher:
         """Jobs waiting (queued or deferred), not counting batches being computed."""
         return (self._queue.qsize() if self._queue else 0) + len(self._pending)
 
+    def lane_depth(self, priority: Priority) -> int:
+        """Jobs of one priority waiting (queued or deferred)."""
+        queued = self._queue.qsize(priority) if self._queue else 0
+        return queued + sum(1 for job in self._pending if job.priority == priority)
+
     @property
     def name(self) -> str:
         return f"model '{self.model}' version {self.version}"
@@ -119,7 +178,7 @@ class DynamicBatcher:
         """Create the queue, the runner pool and the worker task (call inside the running loop)."""
         if self._worker is not None:
             return
-        self._queue = asyncio.Queue(maxsize=self._max_queue)
+        self._queue = _Lanes()
         self._idle = asyncio.Queue()
         for runner in self._runners:
             self._idle.put_nowait(runner)
@@ -128,25 +187,30 @@ class DynamicBatcher:
         )
         self._worker = asyncio.create_task(self._work(), name=f"batcher {self.model}/{self.version}")
 
-    async def submit(self, inputs: TensorMap, *, items: int, timeout_s: float) -> TensorMap:
+    async def submit(self, inputs: TensorMap, *, items: int, timeout_s: float,
+                     priority: Priority = Priority.NORMAL) -> TensorMap:
         """Queue one request and wait for its share of a batch.
 
-        Raises QueueFull at once when max_queue_size requests wait, RequestTimeout after
-        `timeout_s` (the request is then not computed), InferenceFailed, or ShuttingDown.
+        Raises QueueFull at once when max_queue_size requests of its priority wait, RequestTimeout
+        after `timeout_s` (the request is then not computed), InferenceFailed, or ShuttingDown.
+        Cancelling the caller cancels the job: a queued job that nobody awaits is never computed.
         """
         if self._closing:
             raise ShuttingDown(f"{self.name} is being unloaded or replaced; retry the request")
         if self._queue is None:
             raise RuntimeError("DynamicBatcher.start() was not called")
-        if self.depth >= self._max_queue:
+        waiting = self.lane_depth(priority)
+        if waiting >= self._max_queue:
+            lane = "" if priority is Priority.NORMAL else f"{priority.name.lower()}-priority "
             raise QueueFull(
-                f"{self.name} has {self.depth} requests queued (max_queue_size {self._max_queue}); "
+                f"{self.name} has {waiting} {lane}requests queued (max_queue_size {self._max_queue}); "
                 "retry after Retry-After seconds, or raise max_queue_size / instances"
             )
         now = time.monotonic()
         future: asyncio.Future[TensorMap] = asyncio.get_running_loop().create_future()
         key = batch_key(inputs, self._pad) if self._max_batch else None
-        job = Job(inputs=inputs, items=items, deadline=now + timeout_s, future=future, key=key, enqueued_at=now)
+        job = Job(inputs=inputs, items=items, deadline=now + timeout_s, future=future, key=key, enqueued_at=now,
+                  priority=priority)
         self._queue.put_nowait(job)  # cannot overflow: depth was checked above, nothing awaited since
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
@@ -207,10 +271,11 @@ class DynamicBatcher:
             return [first]
         forming = _Forming(key=first.key, limit=self._max_batch, jobs=[first], items=first.items)
         concurrent = self.depth > 0  # nothing else queued: an idle server runs a lone job at once
-        self._offer_pending(forming)
         assert self._queue is not None
-        while not forming.full and not self._queue.empty():  # take all that is ready, trim below
-            self._route(self._queue.get_nowait(), forming)
+        for priority in Priority:  # normal jobs fill the batch before low-priority ones
+            self._offer_pending(forming, priority)
+            while not forming.full and self._queue.has(priority):  # take all that is ready, trim below
+                self._route(self._queue.get_nowait(priority), forming)
         if concurrent:
             await self._wait_for_more(forming, deadline=first.enqueued_at + self._delay_s)
         self._depth_gauge.set(self.depth)
@@ -219,9 +284,21 @@ class DynamicBatcher:
     async def _next_job(self) -> Job:
         assert self._queue is not None
         while True:
-            job = self._pending.popleft() if self._pending else await self._queue.get()
+            job = self._take_ready() or await self._queue.get()
             if self._alive(job):
                 return job
+
+    def _take_ready(self) -> Job | None:
+        """The most urgent waiting job: deferred jobs are older than the queued ones of their lane."""
+        assert self._queue is not None
+        for priority in Priority:
+            for index, job in enumerate(self._pending):
+                if job.priority == priority:
+                    del self._pending[index]
+                    return job
+            if self._queue.has(priority):
+                return self._queue.get_nowait(priority)
+        return None
 
     async def _wait_for_more(self, forming: _Forming, *, deadline: float) -> None:
         """Take arrivals until the batch is cut or the oldest job's delay is used up. Never polls."""
@@ -242,10 +319,10 @@ class DynamicBatcher:
             return True
         return bool(self._preferred) and preferred_cut([j.items for j in forming.jobs], self._preferred) > 0
 
-    def _offer_pending(self, forming: _Forming) -> None:
+    def _offer_pending(self, forming: _Forming, priority: Priority) -> None:
         kept: deque[Job] = deque()
         for job in self._pending:
-            if self._alive(job) and not forming.offer(job):
+            if job.priority != priority or (self._alive(job) and not forming.offer(job)):
                 kept.append(job)
         self._pending = kept
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service import log, metrics
-from service.batching.batcher import DynamicBatcher
+from service.batching.batcher import DynamicBatcher, Priority
 from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ShuttingDown
 from service.repository.config import ModelConfig, TensorSpec
 from service.repository.scan import ModelSpec, complete_config, scan
@@ -84,7 +84,8 @@ class LoadedModel:
             raise ValueError(f"side file name '{name}' must be a plain file name")
         return path
 
-    async def infer(self, inputs: TensorMap, *, timeout_s: float | None = None) -> TensorMap:
+    async def infer(self, inputs: TensorMap, *, timeout_s: float | None = None,
+                    priority: Priority = Priority.NORMAL) -> TensorMap:
         """Validate, queue, wait: every output by name.
 
         Raises InvalidInput (names the field, rule and value), ModelNotReady, and what
@@ -96,16 +97,16 @@ class LoadedModel:
         batcher = self._batcher
         if self.state is not ModelState.READY or batcher is None:
             if self.replacement is not None:
-                return await self.replacement.infer(inputs, timeout_s=timeout_s)
+                return await self.replacement.infer(inputs, timeout_s=timeout_s, priority=priority)
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state}: {self.error}")
         items = check_inputs(self.name, self.config, inputs)
         timeout = timeout_s or self.config.request_timeout_s or self._default_timeout_s
         try:
-            return await batcher.submit(inputs, items=items, timeout_s=timeout)
+            return await batcher.submit(inputs, items=items, timeout_s=timeout, priority=priority)
         except ShuttingDown:
             if self.replacement is None:
                 raise
-            return await self.replacement.infer(inputs, timeout_s=timeout_s)
+            return await self.replacement.infer(inputs, timeout_s=timeout_s, priority=priority)
 
     # ---- lifecycle (driven by ModelRegistry) ---------------------------------------------------
 
