@@ -3,12 +3,21 @@
 Core code raises these; only `api/` and this module know HTTP. Every error body has the shape
 `{"error": "<what is wrong and how to fix it>", "code": "<machine-readable code>"}`; v2 clients
 (tritonclient, KServe) read `error`.
+
+Nothing internal leaks: a 500 (an `InferenceFailed`, or any unexpected exception) answers
+"internal error" with the request id, and the details go to the log under that id. Every message is
+passed through `redact_paths` when the error is made, so file-system paths appear relative to the
+model repository (`clf/1/model.onnx`), and any other absolute path is cut to its file name.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,19 +25,67 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service import log
+
 logger = logging.getLogger(__name__)
+
+# ---- no internals in responses ------------------------------------------------------------------------
+
+_ROOTS: dict[str, str] = {}
+"""Known folder prefixes -> what replaces them in messages ('' for the model repository: paths become
+relative to it)."""
+_URL_ROOTS = frozenset({"v1", "v2", "docs", "redoc", "metrics", "openapi.json", "ui", "static"})
+_ABSOLUTE = re.compile(r"(?<![\w./~-])/(?:[^\s/'\"`(),;:<>\[\]{}]+/)+[^\s/'\"`(),;:<>\[\]{}]*")
+
+
+def add_path_root(folder: Path) -> None:
+    """Show paths under `folder` (the model repository) relative to it in every error message."""
+    for form in {str(folder), os.path.abspath(folder), str(folder.resolve())}:
+        if form not in (".", "/", ""):
+            _ROOTS[form.rstrip("/")] = ""
+
+
+def redact_paths(text: str) -> str:
+    """`text` with model-repository paths made relative and any other absolute path cut to its name."""
+    for root in sorted(_ROOTS, key=len, reverse=True):
+        if root in text:
+            text = text.replace(root + "/", "").replace(root, "the model repository")
+    return _ABSOLUTE.sub(_shorten, text) if "/" in text else text
+
+
+def _shorten(match: re.Match[str]) -> str:
+    found = match.group(0)
+    first = found.split("/", 2)[1]
+    if first in _URL_ROOTS:  # a route named in a hint ("POST /v2/models/x/infer"), not a file
+        return found
+    return found.rstrip("/").rsplit("/", 1)[-1] or found
+
+
+def internal_message() -> str:
+    """The only text a 500 answers with; the request id finds the details in the log."""
+    return f"internal error (request id {log.request_id.get()}); the server log has the details"
 
 
 class ServiceError(Exception):
-    """Base of every error the service answers with; `status` and `code` are per class."""
+    """Base of every error the service answers with; `status` and `code` are per class.
+
+    `detail` is the full message (paths redacted); `message` is what the client sees: `detail`, or
+    for classes that do not `expose` it (500s), `internal_message()` in the current request's context.
+    """
 
     status: int = 500
     code: str = "internal"
+    expose: ClassVar[bool] = True
 
     def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+        detail = redact_paths(message)
+        super().__init__(detail)
+        self.detail = detail
         self.headers = dict(headers or {})
+
+    @property
+    def message(self) -> str:
+        return self.detail if self.expose else internal_message()
 
 
 class InvalidInput(ServiceError):
@@ -70,7 +127,10 @@ class RequestTimeout(ServiceError):
 
 
 class InferenceFailed(ServiceError):
+    """The model or its post-processing failed; the client sees `internal_message()`, the log the detail."""
+
     status, code = 500, "inference_failed"
+    expose = False
 
 
 class ModelLoadError(ServiceError):
@@ -83,10 +143,15 @@ def error_body(message: str, code: str) -> dict[str, str]:
     return {"error": message, "code": code}
 
 
+def log_service_error(exc: ServiceError) -> None:
+    """Server-side failures go to the log with their detail (tagged with the request id)."""
+    if exc.status >= 500:
+        logger.warning("%s: %s", exc.code, exc.detail)
+
+
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
-        logger.warning("%s: %s", exc.code, exc.message)
+    log_service_error(exc)
     return JSONResponse(error_body(exc.message, exc.code), status_code=exc.status, headers=exc.headers)
 
 
@@ -106,8 +171,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = internal_message() if exc.status_code >= 500 else redact_paths(str(exc.detail))
     return JSONResponse(
-        error_body(str(exc.detail), code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        error_body(message, code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )
 
 
@@ -119,9 +185,7 @@ async def _client_gone(request: Request, _: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        error_body("internal server error; the server log has the details", "internal"), status_code=500
-    )
+    return JSONResponse(error_body(internal_message(), "internal"), status_code=500)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -1,6 +1,8 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task per request).
 
-- `RequestContext`: takes or makes an `x-request-id`, puts it on the log context and the response.
+- `RequestContext`: takes a well-formed incoming `x-request-id` (at most 128 characters of letters, digits
+  and `-_.:/+=@`) or makes one, and puts it on the log context and the response. A malformed one (too long,
+  spaces, control characters, anything that could forge a log line or a header) is replaced, never echoed.
 - `BodyLimit`: answers 413 before reading a body whose Content-Length is over the limit, and stops
   reading a chunked body as soon as it passes the limit.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +21,8 @@ from service.errors import error_body
 
 _PROCESS = os.urandom(4).hex()
 _COUNTER = itertools.count(1)
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:/+=@-]{1,128}", re.ASCII)
+"""What an incoming x-request-id may be (uuids, trace ids, base64); anything else is replaced."""
 
 
 def new_request_id() -> str:
@@ -34,7 +39,8 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _header(scope, b"x-request-id") or new_request_id()
+        given = _header(scope, b"x-request-id")
+        rid = given if given is not None and REQUEST_ID.fullmatch(given) else new_request_id()
         token = log.request_id.set(rid)
 
         async def send_with_id(message: Message) -> None:

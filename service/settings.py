@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider")
@@ -51,6 +51,33 @@ class Settings(BaseSettings):
     """Log one line per HTTP request (uvicorn's access log)."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics."""
+    max_tensor_elements: int = Field(1 << 25, ge=1)
+    """Most tensor elements (over all inputs) one v2 infer request may declare; more is a 413 before the
+    data is converted."""
+    max_inflated_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest size a gzip/deflate request body may inflate to; more is a 413 (a gzip bomb stops there)."""
+    codec_workers: int = Field(1, ge=0)
+    """Worker processes that decode big v2 request bodies and encode big JSON responses, so the event
+    loop keeps serving other requests meanwhile; 0 does everything on the event loop."""
+    codec_offload_bytes: int = Field(256 * 1024, ge=0)
+    """Bodies (and estimated JSON answers) from this many bytes on go to the codec workers; smaller ones
+    are handled inline, where a round trip to a process would cost more than the work."""
+    infer_fast_path: bool = True
+    """Serve `POST /v2/.../infer` from a pure ASGI middleware (same code as the documented FastAPI route,
+    without its routing and dependency overhead); false serves it through the FastAPI route."""
+    admin_token: SecretStr | None = None
+    """Bearer token the repository API (`/v2/repository/...`: index, load, unload) requires
+    (`Authorization: Bearer <token>`, compared in constant time; at least 16 characters). Unset and no
+    API keys: the repository API is open (local use). Unset with API keys set: it is closed (403)."""
+    admin_api: bool = True
+    """Serve the repository API at all; false removes its routes (404), whatever the token."""
+    api_keys: list[SecretStr] = []
+    """API keys (a JSON list, each at least 16 characters) that inference, metadata and /v1 task routes
+    require as `Authorization: Bearer <key>` (401 with `WWW-Authenticate` otherwise; the admin token is
+    accepted too). Empty (and no keys file): those routes are open. Health, readiness, /metrics, server
+    metadata and the docs stay open."""
+    api_keys_file: Path | None = None
+    """File of API keys, one per line (`#` comments), added to `api_keys`; read once at start."""
 
     @field_validator("providers")
     @classmethod
@@ -61,3 +88,22 @@ class Settings(BaseSettings):
                 f"DEEPSERVE_PROVIDERS has {unknown}: names look like {', '.join(KNOWN_PROVIDERS)}"
             )
         return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < _MIN_SECRET:
+            raise ValueError(f"DEEPSERVE_ADMIN_TOKEN is shorter than {_MIN_SECRET} characters; {_MAKE_SECRET}")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        short = [i for i, key in enumerate(value) if len(key.get_secret_value()) < _MIN_SECRET]
+        if short:
+            raise ValueError(f"DEEPSERVE_API_KEYS item {short[0]} is shorter than {_MIN_SECRET} characters; {_MAKE_SECRET}")
+        return value
+
+
+_MIN_SECRET = 16
+_MAKE_SECRET = "use a long random value: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
