@@ -71,7 +71,8 @@ _PREDICT_DESCRIPTION = (
     "* **text-classification**, **embedding**: JSON `{\"text\": ...}` / `{\"texts\": [...]}` or a "
     "`text/plain` body.\n"
     "* **speech-recognition**, **audio-classification**: multipart field `file`, a raw body "
-    "(`audio/wav`, `audio/flac`, `audio/ogg`, `application/octet-stream`) or JSON `{\"audio\": base64}`.\n\n"
+    "(`audio/wav`, `audio/flac`, `audio/ogg`, `audio/mpeg`, `audio/webm`, `audio/mp4`, `application/octet-stream`) "
+    "or JSON `{\"audio\": base64}`: WAV, FLAC, Ogg (Vorbis, Opus), MP3, WebM/Opus, MP4/AAC.\n\n"
     "Options may be query parameters, multipart fields or JSON fields (the body wins). "
     "Models without a task section take tensors at `POST /v2/models/{name}/infer`."
 )
@@ -79,7 +80,8 @@ _PREDICT_DESCRIPTION = (
 
 JSON, MULTIPART, OCTET, TEXT = "application/json", "multipart/form-data", "application/octet-stream", "text/plain"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
-AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg")
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg",
+               "audio/webm", "video/webm", "audio/mp4", "audio/x-m4a", "video/mp4")  # browsers' MediaRecorder
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "image-classification": (MULTIPART, JSON, *IMAGE_TYPES, OCTET),
     "text-classification": (JSON, TEXT),

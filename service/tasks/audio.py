@@ -1,7 +1,8 @@
 """Audio tasks: encoded recordings -> float32 mono at the model's rate; CTC log-probs -> transcript.
 
-Decoding accepts WAV (PCM 8/16/24/32-bit, float), FLAC, OGG and MP3 through libsndfile, checks the
-header (rate, channels, duration) before reading samples, down-mixes stereo to mono by averaging
+Decoding accepts WAV (PCM 8/16/24/32-bit, float), FLAC, OGG and MP3 through libsndfile, and what
+browsers and phones record (WebM/Opus, Ogg/Opus, MP4/AAC, MP3) through PyAV (`service.tasks.containers`),
+checks the header (rate, channels, duration) before reading samples, down-mixes stereo to mono by averaging
 (more channels are refused, see MAX_CHANNELS), refuses NaN/Inf samples and resamples with soxr.
 What was changed is said in `notes`.
 """
@@ -17,13 +18,13 @@ import soundfile
 import soxr
 
 from service.errors import InvalidInput, UnsupportedMediaType
-from service.tasks import image
+from service.tasks import containers, image
 from service.tasks.labels import log_softmax
 from service.types import FloatArray
 
 FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "RF64": "WAV", "FLAC": "FLAC", "OGG": "OGG", "MP3": "MP3"}
 """libsndfile format names accepted -> the name used in messages."""
-ACCEPTED = "WAV (PCM 8/16/24/32-bit or float), FLAC, OGG or MP3"
+ACCEPTED = "WAV (PCM 8/16/24/32-bit or float), FLAC, OGG (Vorbis, Opus), MP3, WebM/Opus or MP4/AAC"
 MIN_SAMPLE_RATE = 4_000
 """Lowest input rate resampled; below it there is no speech band left to recover."""
 MAX_SAMPLE_RATE = 384_000
@@ -34,6 +35,13 @@ MAX_CHANNELS = 2
 the sender's knowledge, not ours."""
 MIN_DURATION_S = 0.1
 """Shorter recordings are padded with silence to this length so every model gets a few frames."""
+MAX_SHORTFALL_S = containers.MAX_SHORTFALL_S
+"""A file may hold this much less audio than its header states before it counts as truncated."""
+PYAV_FIRST = ("WebM", "MP4", "MP3")
+"""Containers decoded by PyAV rather than libsndfile: libsndfile reads no WebM or MP4, and skips a
+damaged MP3 frame without a word where FFmpeg's decoder reports it. Ogg goes to libsndfile first (it
+trims Vorbis to the exact length; the Ogg page checksums catch damage) and to PyAV when libsndfile
+cannot read it (a build without Opus)."""
 _WORD_DELIMITERS = ("|", "\u2581", " ")  # wav2vec2 "|", sentencepiece "▁", plain space
 
 
@@ -80,34 +88,72 @@ def decode_audio(data: bytes, *, sample_rate: int, max_duration_s: float, index:
 
 
 def _read(data: bytes, *, where: str, max_duration_s: float, notes: list[str]) -> tuple[FloatArray, int]:
-    """Open with libsndfile, check the header, read at most max_duration_s of (frames, channels)."""
+    """Decode to (frames, channels) float32 and the rate: libsndfile first, PyAV for what it cannot read."""
+    container = containers.sniff(data)
+    if container == "Ogg":
+        containers.check_ogg_complete(data, where=where)
+    if container in PYAV_FIRST:
+        frames, rate = containers.decode(data, container=container, where=where, max_frames_at=max_duration_s)
+        _check_rate_and_channels(rate, frames.shape[1], where=where)
+    else:
+        try:
+            frames, rate = _read_sndfile(data, where=where, max_duration_s=max_duration_s)
+        except _Unreadable as failure:
+            if container is None:
+                kind = image.sniff(data)
+                if kind in image.FORMATS:
+                    raise InvalidInput(f"{where} is a {kind} image, not a recording; send {ACCEPTED} audio") from None
+                raise InvalidInput(f"{where} is not readable {ACCEPTED} audio ({failure.reason})") from None
+            # e.g. Ogg/Opus where libsndfile was built without Opus, or an MP3 variant it rejects
+            frames, rate = containers.decode(data, container=container, where=where, max_frames_at=max_duration_s)
+            _check_rate_and_channels(rate, frames.shape[1], where=where)
+    if frames.shape[0] == 0:
+        raise InvalidInput(f"{where} has no samples (zero-length audio); send a recording")
+    if frames.shape[0] > max_duration_s * rate:
+        raise InvalidInput(
+            f"{where} is longer than this model's limit of {max_duration_s:g} s; cut it into shorter pieces"
+        )
+    if frames.shape[1] > 1:
+        notes.append(f"{frames.shape[1]} channels down-mixed to mono by averaging")
+    return frames, rate
+
+
+class _Unreadable(Exception):
+    """libsndfile could not read the bytes at all (the caller picks the message or another decoder)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _read_sndfile(data: bytes, *, where: str, max_duration_s: float) -> tuple[FloatArray, int]:
+    """Open with libsndfile, check the header, read at most max_duration_s (+1 frame) of (frames, channels)."""
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
             kind, rate, channels = sound.format, int(sound.samplerate), int(sound.channels)
             _check_header(kind, rate, channels, where=where)
             limit = int(max_duration_s * rate) + 1
+            stated = int(sound.frames)
             frames = sound.read(frames=limit, dtype="float32", always_2d=True)
     except (InvalidInput, UnsupportedMediaType):
         raise
     except Exception as exc:  # untrusted bytes: any decoder failure means "not audio we can read"
-        kind = image.sniff(data)
-        if kind in image.FORMATS:
-            raise InvalidInput(f"{where} is a {kind} image, not a recording; send {ACCEPTED} audio") from exc
-        raise InvalidInput(f"{where} is not readable {ACCEPTED} audio ({_reason(exc)})") from exc
-    if frames.shape[0] == 0:
-        raise InvalidInput(f"{where} has no samples (zero-length audio); send a recording")
-    if frames.shape[0] >= limit:
-        raise InvalidInput(
-            f"{where} is longer than this model's limit of {max_duration_s:g} s; cut it into shorter pieces"
+        raise _Unreadable(_reason(exc)) from exc
+    if 0 < frames.shape[0] < min(stated, limit) - MAX_SHORTFALL_S * rate:
+        raise InvalidInput(  # MP3 states its length in the Xing header; libsndfile stops at the cut
+            f"{where} is a truncated or damaged {FORMATS[kind]} file: its header says {stated / rate:.2f} s but "
+            f"only {frames.shape[0] / rate:.2f} s could be read; send the whole file"
         )
-    if channels > 1:
-        notes.append(f"{channels} channels down-mixed to mono by averaging")
     return frames, rate
 
 
 def _check_header(kind: str, rate: int, channels: int, *, where: str) -> None:
     if kind not in FORMATS:
         raise UnsupportedMediaType(f"{where} is {kind} audio, which is not accepted; send {ACCEPTED}")
+    _check_rate_and_channels(rate, channels, where=where)
+
+
+def _check_rate_and_channels(rate: int, channels: int, *, where: str) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise InvalidInput(
             f"{where} has a sample rate of {rate} Hz; accepted rates are {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
