@@ -117,8 +117,14 @@ MAX_FILES = 64
 _FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps")
 
 
-async def read_payload(request: Request, task_type: str, options: Options) -> Payload:
-    """Read the body in whatever accepted form it came; options in the body override `options`."""
+async def read_payload(
+    request: Request, task_type: str, options: Options, extra: dict[str, Any] | None = None
+) -> Payload:
+    """Read the body in whatever accepted form it came; options in the body override `options`.
+
+    `extra` names further JSON or form fields a route accepts (the explain route's `method`, ...):
+    their values, when sent, replace the entries (form values as strings).
+    """
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     accepted = ACCEPTS[task_type]
     if media not in accepted:
@@ -127,9 +133,9 @@ async def read_payload(request: Request, task_type: str, options: Options) -> Pa
             f"send one of: {', '.join(accepted)}"
         )
     if media == JSON:
-        return await _read_json(request, task_type, options)
+        return await _read_json(request, task_type, options, extra)
     if media == MULTIPART:
-        return await _read_multipart(request, options)
+        return await _read_multipart(request, options, extra)
     body = await request.body()
     if media == TEXT:
         try:
@@ -139,12 +145,16 @@ async def read_payload(request: Request, task_type: str, options: Options) -> Pa
     return Payload(blobs=[body], texts=[], options=options)
 
 
-async def _read_json(request: Request, task_type: str, options: Options) -> Payload:
+async def _read_json(request: Request, task_type: str, options: Options, extra: dict[str, Any] | None) -> Payload:
     body = await request.body()
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON ({exc}); see /docs for an example body") from exc
+    if extra is not None and isinstance(raw, dict):
+        for key in extra:
+            if key in raw:
+                extra[key] = raw.pop(key)
     try:
         parsed = JSON_REQUESTS[task_type].model_validate(raw)
     except ValidationError as exc:
@@ -174,12 +184,13 @@ def _from_base64(value: str, where: str) -> bytes:
         raise InvalidInput(f"{where} is not valid base64 ({exc}); send the file's bytes base64-encoded") from exc
 
 
-async def _read_multipart(request: Request, options: Options) -> Payload:
+async def _read_multipart(request: Request, options: Options, extra: dict[str, Any] | None) -> Payload:
+    fields = (*_FORM_FIELDS, *(extra or {}))
     try:
-        async with request.form(max_files=MAX_FILES, max_fields=len(_FORM_FIELDS)) as form:
-            unknown = sorted({key for key in form if key not in _FORM_FIELDS})
+        async with request.form(max_files=MAX_FILES, max_fields=len(fields)) as form:
+            unknown = sorted({key for key in form if key not in fields})
             if unknown:
-                raise InvalidInput(f"unknown form fields {unknown}; accepted fields: {', '.join(_FORM_FIELDS)}")
+                raise InvalidInput(f"unknown form fields {unknown}; accepted fields: {', '.join(fields)}")
             uploads = form.getlist("file")
             if not uploads:
                 raise InvalidInput(
@@ -192,6 +203,11 @@ async def _read_multipart(request: Request, options: Options) -> Payload:
                     raise InvalidInput(f"form field 'file' #{i} is text, not a file upload (curl -F file=@path)")
                 blobs.append(await upload.read())
             _form_options(form, options)
+            wanted = extra if extra is not None else {}
+            for key in wanted:
+                value = _form_text(form, key)
+                if value:
+                    wanted[key] = value
     except StarletteHTTPException as exc:  # starlette's multipart parser reports malformed bodies so
         raise InvalidInput(f"multipart body cannot be parsed ({exc.detail}); send multipart/form-data") from exc
     return Payload(blobs=blobs, texts=[], options=options)

@@ -1,0 +1,1 @@
+"""Explanations: attributions for any task model, computed through its batcher at low priority."""

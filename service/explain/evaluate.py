@@ -1,0 +1,80 @@
+"""Run many perturbed copies of one input through a model's dynamic batcher at low priority.
+
+The copies go in chunks of the model's `max_batch_size`, a few chunks queued at a time (enough to
+keep every instance busy, few enough to bound memory for long recordings). Each chunk is an ordinary
+batcher job of `Priority.LOW`: ordinary requests overtake it in the queue. One deadline covers the
+whole explanation; a failure or a cancellation (client gone) cancels every chunk still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from service.batching.batcher import Priority
+from service.errors import RequestTimeout
+from service.explain.kernelshap import BoolArray
+from service.repository.registry import LoadedModel
+from service.types import Tensor, TensorMap
+
+UNBATCHED_CHUNK = 16
+"""Copies per call for a model with batching off (its batcher runs each call on its own)."""
+
+Build = Callable[[BoolArray], TensorMap]
+"""(n, F) keep-flags -> the model inputs of those n copies."""
+
+
+def chunk_size(model: LoadedModel) -> int:
+    return model.config.max_batch_size or UNBATCHED_CHUNK
+
+
+def timeout_s(model: LoadedModel, default_s: float) -> float:
+    return model.config.request_timeout_s or default_s
+
+
+async def evaluate(model: LoadedModel, masks: BoolArray, build: Build, *, timeout_s: float) -> list[TensorMap]:
+    """Outputs for every row of `masks`, in order, one TensorMap per chunk of `chunk_size(model)` rows.
+
+    Raises RequestTimeout after `timeout_s` (chunks not yet computed are dropped) and whatever
+    LoadedModel.infer raises (QueueFull, InvalidInput, ...).
+    """
+    size = chunk_size(model)
+    starts = range(0, masks.shape[0], size)
+    results: list[TensorMap | None] = [None] * len(starts)
+    deadline = time.monotonic() + timeout_s
+    in_flight = asyncio.Semaphore(model.config.instances + 1)
+
+    async def run(index: int, start: int) -> None:
+        async with in_flight:
+            inputs = build(masks[start : start + size])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _timeout(model, timeout_s)
+            results[index] = await model.infer(inputs, timeout_s=left, priority=Priority.LOW)
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for index, start in enumerate(starts):
+                        group.create_task(run(index, start))
+            except ExceptionGroup as failed:  # the first failure; the other chunks were cancelled with it
+                raise failed.exceptions[0] from None
+    except TimeoutError:
+        raise _timeout(model, timeout_s) from None
+    return [r for r in results if r is not None]
+
+
+def concat(chunks: list[TensorMap], name: str) -> Tensor:
+    """One output of every copy, chunks joined on the batch axis."""
+    return np.concatenate([chunk[name] for chunk in chunks], axis=0)
+
+
+def _timeout(model: LoadedModel, timeout_s: float) -> RequestTimeout:
+    return RequestTimeout(
+        f"the explanation on model '{model.name}' did not finish within {timeout_s:g} s; "
+        "lower `budget`, retry when the server is less busy, or raise the model's request_timeout_s"
+    )
