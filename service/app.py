@@ -69,11 +69,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContext)
 
-    from service.api import admin, tasks, v2  # routers import the registry's types
+    from service.api import admin, explain, tasks, v2  # routers import the registry's types
 
     app.include_router(v2.router)
     app.include_router(admin.router)
     app.include_router(tasks.router)
+    app.include_router(explain.router)
 
     if settings.metrics:
 
