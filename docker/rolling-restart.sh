@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Replace every replica of a compose service one at a time, with no request lost: start one more
+# replica (from the service's current image), wait until Docker reports it healthy (its HEALTHCHECK:
+# every model loaded), then stop one old replica (SIGTERM: it drains, exits 0) and remove it. The load
+# balancer follows Docker's DNS (nginx `resolve`, or the stand-in's DNS watch), and retries a refused
+# connection on another replica. `docker compose up -d` alone recreates all replicas at once.
+#
+#   docker/rolling-restart.sh [SERVICE]        # default api; project from COMPOSE_PROJECT_NAME (.env)
+#   COMPOSE=docker-compose docker/rolling-restart.sh
+set -euo pipefail
+
+SERVICE="${1:-api}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROJECT="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$ROOT/.env")}"
+if [[ -n "${COMPOSE:-}" ]]; then
+    read -r -a compose <<<"$COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+else
+    compose=(docker-compose)
+fi
+HEALTH_TIMEOUT_S="${HEALTH_TIMEOUT_S:-300}"
+
+replicas() {
+    docker ps -q --no-trunc --filter "label=com.docker.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$SERVICE" | sort
+}
+
+mapfile -t old < <(replicas)
+count="${#old[@]}"
+[[ $count -gt 0 ]] || { echo "rolling-restart: no running $SERVICE replica in project $PROJECT" >&2; exit 1; }
+for id in "${old[@]}"; do
+    before="$(replicas)"
+    (cd "$ROOT" && "${compose[@]}" up -d --no-deps --no-recreate --scale "$SERVICE=$((count + 1))" "$SERVICE")
+    new="$(comm -13 <(echo "$before") <(replicas) | head -n 1)"
+    [[ -n "$new" ]] || { echo "rolling-restart: compose started no new replica" >&2; exit 1; }
+    waited=0
+    until [[ "$(docker inspect -f '{{.State.Health.Status}}' "$new")" == healthy ]]; do
+        if (( waited >= HEALTH_TIMEOUT_S )); then
+            echo "rolling-restart: ${new:0:12} not healthy after ${HEALTH_TIMEOUT_S}s; old replicas kept" >&2
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "rolling-restart: ${new:0:12} healthy after ${waited}s; stopping ${id:0:12}"
+    docker stop -t 40 "$id" >/dev/null
+    echo "rolling-restart: ${id:0:12} exited $(docker inspect -f '{{.State.ExitCode}}' "$id")"
+    docker rm "$id" >/dev/null
+done
