@@ -1,4 +1,4 @@
-"""The deployment files, run for real on the host: no image is built (there is no Docker engine here).
+"""The deployment files, run for real: on the host, and in Docker where an engine runs.
 
 - The CPU image's command: ENTRYPOINT + CMD and ENV of docker/Dockerfile's runtime stage, run as they
   are (the image's /opt/venv is this venv, except that the image swaps onnxruntime-gpu for the CPU
@@ -9,10 +9,16 @@
   two server processes on loopback; requests reach both replicas (their own /metrics counters say
   so), and once one replica is stopped every request still succeeds. Skipped when nginx is not
   installed (`apt-get install nginx`), except under CI (`CI` set), where .ci/setup installs it: fails.
+  Through it, the repository API (/v2/repository/...) is a 404, while the replicas themselves serve it.
+- The built image (`deepserve:cpu`, or DEEPSERVE_TEST_IMAGE), where a Docker engine answers and the
+  image exists: size, user, ready, the image's own HEALTHCHECK command, a v2 infer and a /v1 predict per
+  model, SIGTERM during requests -> every accepted request completes, exit code 0. Skipped, saying why,
+  without an engine or the image (docker/smoke.sh builds it and runs compose, failover and restarts).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -283,7 +289,75 @@ def test_load_balancer_spreads_requests_and_skips_a_stopped_replica(repo: Path, 
         counts = [served(first.url), served(second.url)]
         assert sum(counts) == 20 and min(counts) >= 5, f"round robin should spread 20 requests: {counts}"
 
+        # The repository API stays on the replicas' own network: 404 through the load balancer.
+        hidden = client.post(f"{lb}/v2/repository/index")
+        assert hidden.status_code == 404 and hidden.json()["code"] == "not_found", hidden.text
+        assert client.post(f"{first.url}/v2/repository/index").status_code != 404, "the replica serves it"
+
         assert first.terminate() == 0
         before = served(second.url)
         infer_through(lb, client, 20)  # each must succeed: nginx retries the refused connection on `second`
         assert served(second.url) == before + 20
+
+
+# ---- the image, in Docker ------------------------------------------------------------------------
+
+IMAGE = os.environ.get("DEEPSERVE_TEST_IMAGE", "deepserve:cpu")
+IMAGE_MAX_BYTES = 450 * 10**6  # issue 8's target for the CPU runtime image, uncompressed
+
+
+def docker_engine() -> str:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI here; docker/smoke.sh runs the image on a machine with a Docker engine")
+    probe = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no Docker engine reachable (`docker info`: {probe.stderr.strip()[:160]})")
+    return docker
+
+
+def smoke_client() -> Any:
+    """docker/smoke_client.py, the HTTP side of docker/smoke.sh, as a module."""
+    spec = importlib.util.spec_from_file_location("smoke_client", DOCKER / "smoke_client.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_built_image_serves_every_model_and_drains_on_sigterm(capsys: pytest.CaptureFixture[str]) -> None:
+    docker = docker_engine()
+    found = subprocess.run([docker, "image", "inspect", IMAGE], capture_output=True, text=True, timeout=60,
+                           check=False)
+    if found.returncode != 0:
+        pytest.skip(f"{IMAGE} is not built here: docker/smoke.sh builds it (or docker build -f docker/Dockerfile "
+                    f"-t {IMAGE} .); DEEPSERVE_TEST_IMAGE names another")
+    (image,) = json.loads(found.stdout)
+    assert image["Size"] <= IMAGE_MAX_BYTES, f"{IMAGE}: {image['Size'] / 1e6:.0f} MB"
+    assert image["Config"]["User"] == "10001:10001"
+    client = smoke_client()
+    name = f"deepserve-test-{os.getpid()}"
+    subprocess.run([docker, "run", "-d", "--name", name, "--stop-timeout", "40", IMAGE], check=True,
+                   capture_output=True, timeout=120)
+    try:
+        address = subprocess.run(
+            [docker, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
+            capture_output=True, text=True, timeout=60, check=True).stdout.split()[0]
+        url = f"http://{address}:8000"
+        assert client.ready(url) == 0, "not ready within 600 s"
+        # The image's own HEALTHCHECK command, run in the container: exit 0 once every model is loaded.
+        test = image["Config"]["Healthcheck"]["Test"]
+        assert test[0] == "CMD", test
+        health = subprocess.run([docker, "exec", name, *test[1:]], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert health.returncode == 0, health.stderr
+        assert client.models(url) == 0, capsys.readouterr().out
+        assert client.inflight(url, [docker, "kill", "--signal", "TERM", name]) == 0, capsys.readouterr().out
+        exit_code = subprocess.run([docker, "wait", name], capture_output=True, text=True, timeout=120,
+                                   check=True).stdout.strip()
+        logs = subprocess.run([docker, "logs", "--tail", "40", name], capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert exit_code == "0", logs.stdout + logs.stderr
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True, timeout=120, check=False)
