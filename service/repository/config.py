@@ -228,6 +228,14 @@ class ModelConfig(_Strict):
     """ONNX Runtime inter-op threads per session; 0 lets ONNX Runtime choose."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimisation level."""
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    """Run through ONNX Runtime's IO binding (outputs bound to the session's device, copied to the host
+    once; inputs staged in pinned host memory where the CUDA provider offers it). `auto`: on with the
+    CUDA provider, off on CPU, where plain runs copy nothing anyway."""
+    cuda_graph: bool = False
+    """Fixed-shape buffers per batch size (`preferred_batch_sizes`, else `max_batch_size`; batches are
+    padded up to the next one) and, on the CUDA provider, one captured CUDA graph per size. Needs every
+    dim after the batch axis static. On CPU the fixed buffers run without a graph."""
     warmup: bool = True
     """Run one inference on zeros at load so the first request is not slow."""
     version_policy: VersionPolicy = VersionPolicy()

@@ -121,6 +121,9 @@ class LoadedModel:
             preference = base.providers or settings.providers
             first = OnnxSession.load(spec.path, config=base, providers=preference)
             self.config = complete_config(base, inputs=first.inputs, outputs=first.outputs, folder=spec.path.parent)
+            if first.batch_cap is not None and first.batch_cap < (self.config.max_batch_size or 0):  # GPU memory
+                self.config = self.config.model_copy(update={"max_batch_size": first.batch_cap, "preferred_batch_sizes": [
+                    p for p in self.config.preferred_batch_sizes if p <= first.batch_cap]})
             extra = [OnnxSession.load(spec.path, config=base, providers=preference) for _ in range(base.instances - 1)]
         except Exception as exc:  # ONNX Runtime raises its own types; any failure is this version's state
             self._fail(f"{spec.path}: {_one_line(exc)}")

@@ -8,7 +8,7 @@ runtime side of the v2 <-> ONNX mapping: ONNX Runtime type strings and the numpy
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.repository.config import Datatype, ModelConfig, TensorSpec
+from service.runtime import binding
 from service.runtime.providers import describe_fallback, mark_unusable, resolve_providers
 from service.types import NUMPY_DTYPES, Tensor, TensorMap
 
@@ -81,7 +82,8 @@ def _ort_input(array: Tensor) -> Tensor:
     if array.dtype.kind == "S":
         return np.char.decode(array, "utf-8").astype(object)
     if array.dtype == object and array.size and any(isinstance(v, bytes) for v in array.flat):
-        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(array)
+        text: Tensor = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(array)
+        return text
     return array
 
 
@@ -95,6 +97,12 @@ class OnnxSession:
         self.inputs: list[TensorSpec] = [tensor_spec(arg) for arg in session.get_inputs()]
         self.outputs: list[TensorSpec] = [tensor_spec(arg) for arg in session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
+        self._bound: Callable[[TensorMap], TensorMap] | None = None
+        self.binding = "off"
+        """How `run` reaches ONNX Runtime: "off" (session.run), "io_binding", or "fixed [sizes]" (+ " cuda_graph")."""
+        self.batch_cap: int | None = None
+        """On CUDA: the largest batch size GPU memory holds, when below the configured max_batch_size."""
+
 
     @classmethod
     def load(cls, path: Path, *, config: ModelConfig, providers: Sequence[str]) -> OnnxSession:
@@ -104,12 +112,14 @@ class OnnxSession:
         into the model's not-ready reason.
         """
         requested = resolve_providers(providers)
-        session = ort.InferenceSession(str(path), sess_options=session_options(config), providers=requested)
+        session = ort.InferenceSession(str(path), sess_options=session_options(config),
+                                       providers=binding.provider_list(requested, cuda_graph=config.cuda_graph))
         loaded = cls(session, path=path)
         mark_unusable(requested, loaded.providers)
         fallback = describe_fallback(providers, loaded.providers)
         if fallback:
             logger.warning("%s: %s", path, fallback)
+        loaded.use_binding(config)
         if config.warmup:
             loaded.warm_up({spec.name: spec.shape for spec in config.inputs})
         return loaded
@@ -127,8 +137,47 @@ class OnnxSession:
             feed[spec.name] = zeros_like_spec(spec)
         self.run(feed)
 
+    def use_binding(self, config: ModelConfig) -> None:
+        """Route `run` through IO binding or fixed-shape buckets as `config` asks (see runtime/binding.py);
+        on CUDA, cap the batch size at what GPU memory holds. A model whose shapes cannot be fixed is
+        served through plain IO binding, with a warning."""
+        device = binding.device_of(self.providers)
+        batched = all(spec.shape[:1] == [-1] for spec in self.inputs)
+        limit = config.max_batch_size if config.max_batch_size is not None else (32 if batched else 0)  # as derive
+        if device == "cuda" and batched and limit > 1:
+            cap = binding.batch_cap(self._run_zeros, max_batch=limit, free_bytes=binding.cuda_free_bytes)
+            if cap < limit:
+                logger.warning("%s: GPU memory holds batches of %d items, not %d; max_batch_size capped",
+                               self.path, cap, limit)
+                self.batch_cap = limit = cap
+        if config.cuda_graph:
+            sizes = [p for p in config.preferred_batch_sizes if p <= max(limit, 1)] or [max(limit, 1)]
+            try:
+                buckets = binding.FixedBuckets(self._session, inputs=self.inputs, outputs=self.outputs, sizes=sizes,
+                                               device=device, cuda_graph=device == "cuda", fallback=self._plain_run)
+            except ValueError as exc:
+                logger.warning("%s: cuda_graph is off: %s", self.path, exc)
+            else:
+                self._bound = buckets.run
+                self.binding = f"fixed {buckets.sizes}" + (" cuda_graph" if buckets.cuda_graph else "")
+                return
+        if config.io_binding == "on" or (config.io_binding == "auto" and device == "cuda") or config.cuda_graph:
+            staging = binding.Staging(binding.pinned_memory_info() if device == "cuda" else None)
+            self._bound = binding.BoundRunner(self._session, output_names=self._output_names, device=device,
+                                              staging=staging).run
+            self.binding = "io_binding" + (" pinned" if staging.pinned else "")
+
+    def _run_zeros(self, batch: int) -> None:
+        self._plain_run({spec.name: zeros_like_spec(spec.model_copy(update={"shape": [batch, *spec.shape[1:]]}))
+                         for spec in self.inputs})
+
     def run(self, inputs: TensorMap) -> TensorMap:
         """Every output, by name; synchronous (called in a worker thread)."""
         feed = {name: _ort_input(array) for name, array in inputs.items()}
+        if self._bound is not None:
+            return self._bound(feed)
+        return self._plain_run(feed)
+
+    def _plain_run(self, feed: TensorMap) -> TensorMap:
         results = self._session.run(self._output_names, feed)
         return dict(zip(self._output_names, results, strict=True))
