@@ -1,30 +1,36 @@
-"""Benchmark: the server under wrk on loopback against raw in-process ONNX Runtime, in one run.
+"""Benchmark: deepserve beside PyTriton (Triton's front end) and raw in-process ONNX Runtime, in one run.
 
-    python bench/run.py                 # full: 3 repeats x 10 s per point, medians
-    python bench/run.py --quick         # 1 repeat x 4 s per point
+    python bench/run.py                      # 4 models x JSON/binary x c=1/8/64, 2 runs x 5 s per cell
+    python bench/run.py --models small --bodies binary --concurrency 1 64 --seconds 3
+    python bench/run.py --variant workers2:DEEPSERVE_WORKERS=2   # another deepserve configuration as a column
     python bench/run.py --rss model_repository --soak 300   # idle RSS, RSS after 1 and 5 minutes of load
 
-Figures are ratios taken in the same run (the machine is shared and noisy): server req/s over raw
-ONNX Runtime items/s at its best batch size on the same model with the same session options. For
-the ResNet-18-sized model every wrk run is paired with a raw run just before it ("paired"), since a
-shared machine's speed drifts over the minutes a run takes.
+Every figure that matters is a ratio taken in the same run, since the machine is shared and its speed
+drifts: for each row (model, body, concurrency) the runs are interleaved — raw ONNX Runtime at its best
+batch size, then deepserve under wrk, then PyTriton under wrk, repeated — and the row reports deepserve's
+req/s over PyTriton's and over raw's items/s measured in that row. All three use the same ONNX file and
+the same ONNX Runtime session options (2 intra-op threads). The PyTriton peer runs from its own venv
+(`bench/setup_pytriton.sh`); without it the run goes on with deepserve and raw only.
 Results go to bench/results/ (JSON and a Markdown table) and stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,53 +38,68 @@ import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
-from server import run_server  # noqa: E402
+from nets import MODELS, THREADS, BenchModel  # noqa: E402
+from server import run_server, wait_ready  # noqa: E402  (run_server: the --rss mode)
+
+PYTRITON_PYTHON = HERE / ".pytriton-venv" / "bin" / "python"
+DEEPSERVE_PORT, PYTRITON_PORT = 58000, 58100  # this bench's port range; variants use 58010, 58020, ...
+DEFAULT_CONCURRENCY = [1, 8, 64]
 
 
-@dataclass
-class Point:
-    model: str
-    body: str
-    concurrency: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    raw_paired: float | None = None
-    """Raw ONNX Runtime items/s at its best batch size, measured right before each server run (median)."""
+# ---- raw ONNX Runtime ---------------------------------------------------------------------------------
 
 
-def raw_items_per_s(onnx_file: Path, shape: tuple[int, ...], batches: list[int], seconds: float) -> dict[int, float]:
-    """Items/s of an in-process session (default options, like the server's) per batch size."""
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    out: dict[int, float] = {}
-    for batch in batches:
-        x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
-        for _ in range(3):
-            session.run(None, {"input": x})
+class Raw:
+    """In-process sessions with the servers' options; items/s at a batch size for a few seconds."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.sessions: dict[str, ort.InferenceSession] = {}
+
+    def session(self, model: BenchModel) -> ort.InferenceSession:
+        if model.name not in self.sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = THREADS
+            options.inter_op_num_threads = 1
+            self.sessions[model.name] = ort.InferenceSession(
+                str(self.repo / model.name / "1" / "model.onnx"), sess_options=options,
+                providers=["CPUExecutionProvider"])
+        return self.sessions[model.name]
+
+    def items_per_s(self, model: BenchModel, batch: int, seconds: float) -> float:
+        session, feed = self.session(model), model.example(batch)
+        session.run(None, feed)
         runs, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds or runs < 5:
-            session.run(None, {"input": x})
+        while (elapsed := time.perf_counter() - start) < seconds or runs < 3:
+            session.run(None, feed)
             runs += 1
-        out[batch] = runs * batch / elapsed
-    return out
+        return runs * batch / elapsed
+
+    def sweep(self, model: BenchModel, seconds: float) -> dict[int, float]:
+        return {b: self.items_per_s(model, b, seconds) for b in (1, 4, 8, 16, 32, 64) if b <= model.max_batch}
 
 
-def json_body(shape: tuple[int, ...], name: str = "input") -> tuple[bytes, str, str | None]:
-    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
-    body = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
-    return json.dumps(body).encode(), "application/json", None
+# ---- request bodies and wrk ---------------------------------------------------------------------------
+
+Body = tuple[bytes, str, str | None]  # body, content type, Inference-Header-Content-Length
 
 
-def binary_body(shape: tuple[int, ...]) -> tuple[bytes, str, str | None]:
-    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+def json_body(model: BenchModel) -> Body:
+    inputs = [{"name": name, "shape": list(a.shape), "datatype": model.inputs[name][1], "data": a.ravel().tolist()}
+              for name, a in model.example(1).items()]
+    return json.dumps({"inputs": inputs}).encode(), "application/json", None
+
+
+def binary_body(model: BenchModel) -> Body:
+    arrays = model.example(1)
     header = json.dumps({
-        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        "inputs": [{"name": name, "shape": list(a.shape), "datatype": model.inputs[name][1],
+                    "parameters": {"binary_data_size": a.nbytes}} for name, a in arrays.items()],
+        "outputs": [{"name": model.output, "parameters": {"binary_data": True}}],
     }).encode()
-    return header + x.tobytes(), "application/octet-stream", str(len(header))
+    return header + b"".join(a.tobytes() for a in arrays.values()), "application/octet-stream", str(len(header))
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
@@ -89,68 +110,203 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk(url: str, body: tuple[bytes, str, str | None], *, concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def wrk(url: str, body: Body, *, concurrency: int, seconds: float) -> Run:
     with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as f:
         f.write(body[0])
     args = [f.name, body[1]] + ([body[2]] if body[2] else [])
-    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s", "--latency",
-           "--timeout", "30s", "-s", str(HERE / "post.lua"), url, "--", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
+    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
+           "--latency", "--timeout", "30s", "-s", str(HERE / "post.lua"), url, "--", *args]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"Socket errors: .*?timeout (\d+)", out))
-    return rps, p50, p99, errors
+    return Run(rps, p50, p99, errors)
 
 
-def measure(url: str, model: str, body_kind: str, shape: tuple[int, ...], concurrencies: list[int],
-            repeats: int, seconds: float, raw: Callable[[], float] | None = None) -> list[Point]:
-    """wrk at each concurrency, `repeats` times; with `raw`, each wrk run is paired with a raw ONNX
-    Runtime run just before it, so slow drift of a shared machine cancels out of the ratio."""
-    body = json_body(shape) if body_kind == "json" else binary_body(shape)
-    points = []
-    for c in concurrencies:
-        wrk(f"{url}/v2/models/{model}/infer", body, concurrency=c, seconds=1)  # warm connections and caches
-        runs, raws = [], []
-        for _ in range(repeats):
-            if raw is not None:
-                raws.append(raw())
-            runs.append(wrk(f"{url}/v2/models/{model}/infer", body, concurrency=c, seconds=seconds))
-        point = Point(model, body_kind, c, statistics.median(r[0] for r in runs),
-                      statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs),
-                      sum(r[3] for r in runs), statistics.median(raws) if raws else None)
-        paired = f"  raw {point.raw_paired:7.1f} items/s" if point.raw_paired else ""
-        print(f"  {model:18s} {body_kind:6s} c={c:<3d} {point.rps:8.1f} req/s  p50 {point.p50_ms:7.2f} ms  "
-              f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}{paired}", flush=True)
-        points.append(point)
-    return points
+# ---- servers ------------------------------------------------------------------------------------------
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+def wait_model(url: str, name: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server at {url} exited with {process.returncode} before {name} was ready")
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(f"{url}/v2/models/{name}/ready", timeout=2).status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{name} at {url} not ready after {timeout} s")
 
 
-def table(points: list[Point], raw: dict[str, dict[int, float]]) -> str:
-    lines = ["| model | body | batching | concurrency | req/s | p50 ms | p99 ms | errors | % of raw best | % of raw, paired |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for p in points:
-        base = p.model.removesuffix("_nobatch")
-        best = max(raw[base].values())
-        batching = "off" if p.model.endswith("_nobatch") else "on"
-        lines.append(f"| {base} | {p.body} | {batching} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | "
-                     f"{p.p99_ms:.2f} | {p.errors} | {100 * p.rps / best:.0f}% | "
-                     f"{f'{100 * p.rps / p.raw_paired:.0f}%' if p.raw_paired else '-'} |")
+@contextlib.contextmanager
+def pytriton(repo: Path, log_dir: Path, models: list[str]) -> Iterator[str | None]:
+    """The PyTriton peer on PYTRITON_PORT, or None (with the reason on stderr) when it cannot start."""
+    if not PYTRITON_PYTHON.exists():
+        print(f"PyTriton peer skipped: {PYTRITON_PYTHON} is missing; run bench/setup_pytriton.sh", file=sys.stderr)
+        yield None
+        return
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    log = (log_dir / "pytriton.log").open("wb")
+    process = subprocess.Popen([str(PYTRITON_PYTHON), str(HERE / "triton_peer.py"), str(repo),
+                                "--port", str(PYTRITON_PORT), "--threads", str(THREADS)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{PYTRITON_PORT}"
+    try:
+        wait_ready(url, process, timeout=300)  # Triton is ready before PyTriton has loaded any model
+        for name in models:
+            wait_model(url, name, process)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]:
+    """`python -m service serve` on `port` (loopback) with the given DEEPSERVE_* overrides."""
+    full_env = {**os.environ, "DEEPSERVE_MODEL_REPOSITORY": str(repo), "DEEPSERVE_HOST": "127.0.0.1",
+                "DEEPSERVE_PORT": str(port), "DEEPSERVE_LOG_LEVEL": "WARNING", **env}
+    log = (log_dir / f"deepserve-{port}.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=full_env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, timeout=300)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+# ---- the interleaved run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    model: str
+    body: str
+    concurrency: int
+    raw_best_batch: int
+    raw: list[float] = field(default_factory=list)
+    """Raw ONNX Runtime items/s at its best batch size, one per repeat, measured in this row."""
+    servers: dict[str, list[Run]] = field(default_factory=dict)
+
+    def mean(self, server: str, what: str) -> float:
+        return statistics.fmean(getattr(r, what) for r in self.servers[server])
+
+    def errors(self, server: str) -> int:
+        return sum(r.errors for r in self.servers[server])
+
+
+def run_row(model: BenchModel, body_kind: str, concurrency: int, urls: dict[str, str], raw: Raw, best: int,
+            repeats: int, seconds: float) -> Row:
+    body = json_body(model) if body_kind == "json" else binary_body(model)
+    row = Row(model.name, body_kind, concurrency, best)
+    for name, url in urls.items():  # warm connections, caches and each server's batch sizes
+        wrk(f"{url}/v2/models/{model.name}/infer", body, concurrency=concurrency, seconds=1)
+        row.servers[name] = []
+    for _ in range(repeats):
+        row.raw.append(raw.items_per_s(model, best, min(seconds, 3.0)))
+        for name, url in urls.items():
+            row.servers[name].append(wrk(f"{url}/v2/models/{model.name}/infer", body, concurrency=concurrency,
+                                         seconds=seconds))
+    raw_mean = statistics.fmean(row.raw)
+    parts = [f"{model.name:8s} {body_kind:6s} c={concurrency:<3d} raw {raw_mean:7.1f}/s"]
+    for name in urls:
+        parts.append(f"{name} {row.mean(name, 'rps'):7.1f} req/s p50 {row.mean(name, 'p50_ms'):7.2f} "
+                     f"p99 {row.mean(name, 'p99_ms'):7.2f} err {row.errors(name)}")
+    print("  " + " | ".join(parts), flush=True)
+    return row
+
+
+def table(rows: list[Row], servers: list[str], sweeps: dict[str, dict[int, float]]) -> str:
+    peer = "pytriton" if "pytriton" in servers else None
+    ours = [s for s in servers if s != "pytriton"]
+    head = ["model", "body", "c"]
+    for s in servers:
+        head += [f"{s} req/s", f"{s} p50/p99 ms"]
+    head += [f"{s} / pytriton" for s in ours] if peer else []
+    head += [f"{s} % of raw" for s in servers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.model, row.body, str(row.concurrency)]
+        for s in servers:
+            err = row.errors(s)
+            cells += [f"{row.mean(s, 'rps'):.0f}" + (f" ({err} err)" if err else ""),
+                      f"{row.mean(s, 'p50_ms'):.2f} / {row.mean(s, 'p99_ms'):.2f}"]
+        if peer:
+            cells += [f"{row.mean(s, 'rps') / row.mean(peer, 'rps'):.2f}x" for s in ours]
+        raw = statistics.fmean(row.raw)
+        cells += [f"{100 * row.mean(s, 'rps') / raw:.0f}%" for s in servers]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for name, by_batch in raw.items():
-        best_batch = max(by_batch, key=lambda b: by_batch[b])
-        row = ", ".join(f"b{b}: {v:.0f}" for b, v in by_batch.items())
-        lines.append(f"raw ONNX Runtime {name}: best {by_batch[best_batch]:.0f} items/s at batch {best_batch} ({row})")
+    for name, by_batch in sweeps.items():
+        best = max(by_batch, key=lambda b: by_batch[b])
+        lines.append(f"raw ONNX Runtime {name} (sweep at start): best {by_batch[best]:.0f} items/s at batch {best} ("
+                     + ", ".join(f"b{b}: {v:.0f}" for b, v in by_batch.items()) + ")")
     return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> str:
+    """The issue's targets, each met or not, from this run's rows."""
+    def find(model: str, body: str, c: int) -> Row | None:
+        return next((r for r in rows if (r.model, r.body, r.concurrency) == (model, body, c)), None)
+
+    out = ["| target | this run | |", "|---|---|---|"]
+
+    def ratio(model: str, body: str, c: int, need: float, label: str) -> None:
+        row = find(model, body, c)
+        if row is None or "pytriton" not in row.servers:
+            return
+        value = row.mean("deepserve", "rps") / row.mean("pytriton", "rps")
+        out.append(f"| {label} | {value:.2f}x | {'met' if value >= need else '**not met**'} |")
+
+    ratio("small", "json", 64, 2.0, "small CNN, JSON, c=64: ≥ 2x PyTriton")
+    ratio("small", "binary", 64, 2.0, "small CNN, binary, c=64: ≥ 2x PyTriton")
+    ratio("resnet18", "json", 64, 1.2, "ResNet-18, JSON, c=64: ≥ 1.2x PyTriton")
+    row = find("resnet18", "json", 64)
+    if row:
+        tail = row.mean("deepserve", "p99_ms") / row.mean("deepserve", "p50_ms")
+        out.append(f"| ResNet-18, JSON, c=64: p99 ≤ 2x p50 | p99/p50 = {tail:.2f} | "
+                   f"{'met' if tail <= 2 else '**not met**'} |")
+    best = max((r for r in rows if (r.model, r.body) == ("resnet18", "binary")),
+               key=lambda r: r.mean("deepserve", "rps"), default=None)
+    if best:
+        share = best.mean("deepserve", "rps") / statistics.fmean(best.raw)
+        out.append(f"| ResNet-18, binary: ≥ 90% of raw best batch | {100 * share:.0f}% (c={best.concurrency}) | "
+                   f"{'met' if share >= 0.9 else '**not met**'} |")
+    ratio("speech", "binary", 64, 1.5, "speech, binary, c=64: ≥ 1.5x PyTriton")
+    row = find("small", "binary", 1)
+    if row:
+        p50 = row.mean("deepserve", "p50_ms")
+        out.append(f"| small CNN, binary, c=1: p50 ≤ 1 ms | {p50:.2f} ms | {'met' if p50 <= 1 else '**not met**'} |")
+    return "\n".join(out)
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -158,34 +314,46 @@ def speed(args: argparse.Namespace) -> None:
 
     repo = HERE / ".repo"
     build(repo)
-    seconds, repeats = (4.0, 1) if args.quick else (args.seconds, args.repeats)
-    print("raw ONNX Runtime (in process):", flush=True)
-    raw = {
-        "small": raw_items_per_s(repo / "small/1/model.onnx", (1, 28, 28), [1, 8, 16, 32, 64], 2.0),
-        "resnet18": raw_items_per_s(repo / "resnet18/1/model.onnx", (3, 224, 224), [1, 4, 8, 16], 4.0),
-    }
-    for name, by_batch in raw.items():
-        print(f"  {name}: " + ", ".join(f"batch {b}: {v:.0f} items/s" for b, v in by_batch.items()), flush=True)
-    points: list[Point] = []
-    with tempfile.TemporaryDirectory() as logs, run_server(repo, log_dir=Path(logs),
-                                                           env={"DEEPSERVE_LOG_LEVEL": "WARNING"}) as server:
-        print(f"server {server.url} (pid {server.process.pid}):", flush=True)
-        for model in ("small", "small_nobatch"):
-            points += measure(server.url, model, "json", (1, 28, 28), args.concurrency, repeats, seconds)
-        best = max(raw["resnet18"], key=lambda b: raw["resnet18"][b])
-
-        def resnet_raw() -> float:
-            return raw_items_per_s(repo / "resnet18/1/model.onnx", (3, 224, 224), [best], seconds)[best]
-
-        for model in ("resnet18", "resnet18_nobatch"):
-            points += measure(server.url, model, "binary", (3, 224, 224), [c for c in args.concurrency if c > 1],
-                              repeats, seconds, raw=resnet_raw)
-    report = table(points, raw)
+    models = [MODELS[name] for name in args.models]
+    raw = Raw(repo)
+    print("raw ONNX Runtime (in process), batch sweep:", flush=True)
+    sweeps = {m.name: raw.sweep(m, args.sweep_seconds) for m in models}
+    for name, by_batch in sweeps.items():
+        print(f"  {name}: " + ", ".join(f"b{b}: {v:.0f}/s" for b, v in by_batch.items()), flush=True)
+    variants = dict(v.split(":", 1) for v in args.variant)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as stack:
+        urls = {"deepserve": stack.enter_context(deepserve(repo, Path(logs), DEEPSERVE_PORT, {}))}
+        for index, (name, spec) in enumerate(variants.items(), start=1):
+            env = dict(pair.split("=", 1) for pair in spec.split(",") if pair)
+            urls[name] = stack.enter_context(deepserve(repo, Path(logs), DEEPSERVE_PORT + 10 * index, env))
+        if not args.no_pytriton:
+            peer = stack.enter_context(pytriton(repo, Path(logs), [m.name for m in models]))
+            if peer:
+                urls["pytriton"] = peer
+        print("servers: " + ", ".join(f"{k} {v}" for k, v in urls.items()), flush=True)
+        for model in models:
+            best = max(sweeps[model.name], key=lambda b: sweeps[model.name][b])
+            for body_kind in args.bodies:
+                for c in args.concurrency:
+                    rows.append(run_row(model, body_kind, c, urls, raw, best, args.repeats, args.seconds))
+        servers = list(urls)
+    report = table(rows, servers, sweeps) + "\n\n" + targets(rows)
     print("\n" + report)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "speed.md").write_text(report + "\n")
-    (out / "speed.json").write_text(json.dumps({"points": [asdict(p) for p in points], "raw": raw}, indent=2))
+    (out / "speed.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "raw_sweeps": sweeps}, indent=2))
+
+
+# ---- memory -------------------------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
 
 
 def memory(args: argparse.Namespace) -> None:
@@ -201,14 +369,17 @@ def memory(args: argparse.Namespace) -> None:
             meta = json.loads(urllib.request.urlopen(f"{server.url}/v2/models/{args.soak_model}").read())
             spec = meta["inputs"][0]
             shape = tuple(abs(d) for d in spec["shape"][1:])  # one item
-            body = json_body(shape, spec["name"])
+            x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+            payload = {"inputs": [{"name": spec["name"], "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}
+            body: Body = (json.dumps(payload).encode(), "application/json", None)
             target = f"{server.url}/v2/models/{args.soak_model}/infer"
             samples: dict[int, float] = {}
             errors = 0
             start = time.monotonic()
             for minute in range(1, int(args.soak // 60) + 1):
-                *_, failed = wrk(target, body, concurrency=32, seconds=max(1, start + 60 * minute - time.monotonic()))
-                errors += failed
+                errors += wrk(target, body, concurrency=32,
+                              seconds=max(1, start + 60 * minute - time.monotonic())).errors
                 samples[minute] = rss_mib(server.process.pid)
                 print(f"  RSS after {minute} min of load on {args.soak_model}: {samples[minute]:.0f} MiB "
                       f"(failed requests so far: {errors})", flush=True)
@@ -224,10 +395,15 @@ def memory(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 repeat x 4 s per point")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per point (the median is reported)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--bodies", nargs="+", default=["json", "binary"], choices=["json", "binary"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=DEFAULT_CONCURRENCY)
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per row (means are reported)")
+    parser.add_argument("--sweep-seconds", type=float, default=1.5, help="seconds per raw batch size in the sweep")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=V[,ENV=V]",
+                        help="also run deepserve with these DEEPSERVE_* settings as column NAME")
+    parser.add_argument("--no-pytriton", action="store_true", help="leave the PyTriton peer out")
     parser.add_argument("--rss", metavar="REPO", help="measure the server's RSS serving REPO instead of speed")
     parser.add_argument("--soak", type=float, default=0, help="with --rss: seconds of load (wrk, c=32)")
     parser.add_argument("--soak-model", default="mlp", help="with --soak: model in REPO to load (1x28x28 input)")
