@@ -12,12 +12,13 @@ model repository (`clf/1/model.onnx`), and any other absolute path is cut to its
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -86,6 +87,14 @@ class ServiceError(Exception):
     @property
     def message(self) -> str:
         return self.detail if self.expose else internal_message()
+
+    def copy(self) -> Self:
+        """A fresh error with the same class, message and headers, and no traceback: one per request
+        when one failure answers several requests (a failed batch)."""
+        twin = copy.copy(self)
+        twin.headers = dict(self.headers)
+        twin.__traceback__ = twin.__cause__ = twin.__context__ = None
+        return twin
 
 
 class InvalidInput(ServiceError):

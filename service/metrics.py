@@ -1,26 +1,43 @@
-"""Prometheus collectors, defined once. Labels: model, version, and where it matters the provider.
+"""Prometheus collectors, defined once. Labels: model, version, and where it matters the provider or route.
 
 Queue time and compute time are kept apart (queue_seconds vs compute_seconds) so a slow model and
 an overloaded server look different on a dashboard.
+
+Label values are bounded: `model` and `version` only ever take the name and canonical version of a
+model version the registry knows (a request for an unknown name or version is a 404 and not counted;
+`01` and `1` are both counted as `1`), and `route` is one of `ROUTES`. `track` counts one request of
+any route the same way: in flight, success or failure by reason, latency.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from service.errors import ModelNotReady, ServiceError
+
+V2_INFER, V1_PREDICT, V1_EXPLAIN = "v2_infer", "v1_predict", "v1_explain"
+ROUTES = (V2_INFER, V1_PREDICT, V1_EXPLAIN)
+"""The values of the `route` label."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 REQUESTS = Counter(
-    "deepserve_requests_total", "Inference requests answered, by outcome.", ["model", "version", "outcome"]
+    "deepserve_requests_total", "Inference requests answered, by route and outcome.",
+    ["model", "version", "route", "outcome"],
 )
 FAILURES = Counter(
-    "deepserve_request_failures_total", "Inference requests that failed, by reason.", ["model", "version", "reason"]
+    "deepserve_request_failures_total", "Inference requests that failed, by route and reason.",
+    ["model", "version", "route", "reason"],
 )
 REQUEST_LATENCY = Histogram(
     "deepserve_request_duration_seconds",
-    "End-to-end inference latency: decode, queue, compute, encode.",
-    ["model", "version"],
+    "End-to-end inference latency (decode, queue, compute, encode), by route.",
+    ["model", "version", "route"],
     buckets=_LATENCY_BUCKETS,
 )
 QUEUE_TIME = Histogram(
@@ -49,3 +66,56 @@ MODEL_LOAD_TIME = Histogram(
 MODEL_READY = Gauge(
     "deepserve_model_ready", "1 when the model version serves, else 0.", ["model", "version", "provider"]
 )
+CODEC_OFFLOADED = Counter(
+    "deepserve_codec_offloaded_total",
+    "v2 request bodies decoded (stage=decode) and answers encoded (stage=encode) in the codec worker processes.",
+    ["stage"],
+)
+
+
+def _check_route(route: str) -> None:
+    if route not in ROUTES:
+        raise ValueError(f"route label '{route}' is not one of {ROUTES}")
+
+
+@contextmanager
+def track(route: str, model: str, version: str) -> Iterator[None]:
+    """Count one request of a known model version: in flight meanwhile, then success, or failure by
+    reason (the ServiceError's code, else `internal`), and its latency. A cancelled request (client gone)
+    is timed but counted as neither."""
+    _check_route(route)
+    in_flight = IN_FLIGHT.labels(model, version)
+    in_flight.inc()
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        reason = exc.code if isinstance(exc, ServiceError) else "internal"
+        REQUESTS.labels(model, version, route, "failure").inc()
+        FAILURES.labels(model, version, route, reason).inc()
+        raise
+    else:
+        REQUESTS.labels(model, version, route, "success").inc()
+    finally:
+        in_flight.dec()
+        REQUEST_LATENCY.labels(model, version, route).observe(time.perf_counter() - started)
+
+
+@contextmanager
+def track_lookup(route: str, name: str, version: str | None) -> Iterator[None]:
+    """Around `registry.get(name, version)`: a known model that is not ready counts as a failure under
+    its canonical version ('' for "latest"); unknown names and versions (404) are not counted, so a
+    client cannot grow the label set."""
+    _check_route(route)
+    try:
+        yield
+    except ModelNotReady as exc:
+        label = "" if version is None else canonical_version(version)
+        REQUESTS.labels(name, label, route, "failure").inc()
+        FAILURES.labels(name, label, route, exc.code).inc()
+        raise
+
+
+def canonical_version(version: str) -> str:
+    """`007` -> `7`, as the registry resolves it."""
+    return str(int(version)) if version.isascii() and version.isdigit() else version

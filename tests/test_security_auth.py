@@ -28,7 +28,8 @@ CPU: dict[str, Any] = {"providers": ["CPUExecutionProvider"]}
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
 BODY = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X.tolist()}]}
 OPEN = {"/", "/v2", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json", "/docs", "/redoc",
-        "/docs/oauth2-redirect"}
+        "/docs/oauth2-redirect", "/favicon.ico", "/ui", "/ui/assets", "/ui/static"}
+"""Pages and probes that stay open; the API calls the UI and docs pages make need a key like any client."""
 
 
 @pytest.fixture
@@ -85,9 +86,10 @@ async def test_every_route_needs_a_key_except_probes_metrics_and_docs(models: Pa
             assert allowed.status_code not in (401, 403), (method, path, allowed.text)
 
 
-async def test_fast_infer_path_answers_only_with_a_key(models: Path) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi-route"])
+async def test_infer_answers_only_with_a_key_through_either_entrance(models: Path, fast_path: bool) -> None:
     w, b = classifier_weights()
-    async with serve_app(models, api_keys=[KEY, OTHER_KEY], **CPU) as client:
+    async with serve_app(models, api_keys=[KEY, OTHER_KEY], infer_fast_path=fast_path, **CPU) as client:
         for path in ("/v2/models/clf/infer", "/v2/models/clf/versions/1/infer"):
             assert_unauthorized(await client.post(path, json=BODY), invalid=False)
             assert_unauthorized(await client.post(path, json=BODY, headers={"Authorization": "Basic " + KEY}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,18 @@ from typing import TypeVar
 
 from service import log, metrics
 from service.batching.batcher import DynamicBatcher, Priority
-from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ShuttingDown
+from service.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ShuttingDown,
+    add_path_root,
+    redact_paths,
+)
 from service.repository.config import ModelConfig, TensorSpec
 from service.repository.scan import ModelSpec, complete_config, scan
+from service.repository.sidefiles import check_side_files
 from service.runtime.session import OnnxSession
 from service.settings import Settings
 from service.types import NUMPY_DTYPES, Tensor, TensorMap
@@ -71,6 +81,12 @@ class LoadedModel:
         self._batcher: DynamicBatcher | None = None
         self._default_timeout_s = default_timeout_s
         self._grace_s = grace_s
+        self._runs = RunTracker(f"model '{spec.name}' version {spec.version}")
+
+    @property
+    def runs_in_flight(self) -> int:
+        """ONNX Runtime runs of this version computing now (in batcher threads)."""
+        return self._runs.running
 
     @property
     def provider(self) -> str:
@@ -124,8 +140,16 @@ class LoadedModel:
             if first.batch_cap is not None and first.batch_cap < (self.config.max_batch_size or 0):  # GPU memory
                 self.config = self.config.model_copy(update={"max_batch_size": first.batch_cap, "preferred_batch_sizes": [
                     p for p in self.config.preferred_batch_sizes if p <= first.batch_cap]})
-            extra = [OnnxSession.load(spec.path, config=base, providers=preference) for _ in range(base.instances - 1)]
         except Exception as exc:  # ONNX Runtime raises its own types; any failure is this version's state
+            self._fail(f"{spec.path}: {_one_line(exc)}")
+            return
+        problem = check_side_files(self.config, spec.path.parent)  # tokenizer, labels, vocabulary: now, not per request
+        if problem is not None:
+            self._fail(problem)
+            return
+        try:
+            extra = [OnnxSession.load(spec.path, config=base, providers=preference) for _ in range(base.instances - 1)]
+        except Exception as exc:
             self._fail(f"{spec.path}: {_one_line(exc)}")
             return
         self._sessions = [first, *extra]
@@ -138,7 +162,7 @@ class LoadedModel:
             return
         config = self.config
         self._batcher = DynamicBatcher(
-            model=self.name, version=self.version, runners=[s.run for s in self._sessions],
+            model=self.name, version=self.version, runners=[self._runs.track(s.run) for s in self._sessions],
             max_batch_size=config.max_batch_size or 0, max_queue_delay_ms=config.max_queue_delay_ms,
             preferred_batch_sizes=config.preferred_batch_sizes, max_queue_size=config.max_queue_size,
             pad_values={spec.name: spec.pad_value for spec in config.inputs}, provider=self.provider,
@@ -158,12 +182,54 @@ class LoadedModel:
         self.state, self.error = ModelState.UNAVAILABLE, reason
         if self._batcher is not None:
             await self._batcher.stop(grace_s=self._grace_s)
+            running = self._runs.abandon()
+            if running:
+                logger.warning(
+                    "model '%s' version %s (%s): %d ONNX Runtime run(s) still computing after the %g s grace "
+                    "period; their requests go to the replacement or get 503, and the runs are abandoned: they finish in the "
+                    "background and their results are dropped (raise DEEPSERVE_SHUTDOWN_GRACE_S to let them end)",
+                    self.name, self.version, reason, running, self._grace_s)
         self._batcher, self._sessions = None, []
 
     def _fail(self, reason: str) -> None:
+        reason = redact_paths(reason)  # shown in metadata and the repository index: relative paths only
         self.state, self.error = ModelState.UNAVAILABLE, reason
         logger.warning("model '%s' version %s failed to load: %s", self.name, self.version, reason)
         metrics.MODEL_READY.labels(self.name, self.version, "-").set(0)
+
+
+class RunTracker:
+    """Counts the ONNX Runtime runs in progress (they run in threads the event loop cannot cancel), so a
+    stop can say what is still computing when its grace period ends, and log when abandoned runs end."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.running = 0
+        self._lock = threading.Lock()
+        self._abandoned_at: float | None = None
+
+    def track(self, run: Callable[[TensorMap], TensorMap]) -> Callable[[TensorMap], TensorMap]:
+        def tracked(inputs: TensorMap) -> TensorMap:
+            with self._lock:
+                self.running += 1
+            try:
+                return run(inputs)
+            finally:
+                with self._lock:
+                    self.running -= 1
+                    late = self._abandoned_at if self.running == 0 else None
+                if late is not None:
+                    logger.warning("%s: the abandoned ONNX Runtime run(s) ended %.2f s after the grace period",
+                                   self.name, time.monotonic() - late)
+
+        return tracked
+
+    def abandon(self) -> int:
+        """The number of runs still in progress; from now on their end is logged."""
+        with self._lock:
+            if self.running:
+                self._abandoned_at = time.monotonic()
+            return self.running
 
 
 def _one_line(exc: BaseException) -> str:
@@ -246,6 +312,7 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        add_path_root(settings.model_repository)  # error messages show paths relative to the repository
         self._models: dict[str, dict[str, LoadedModel]] = {}  # replaced whole on reload: atomic swap
         self._locks: dict[str, asyncio.Lock] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -313,7 +380,7 @@ class ModelRegistry:
         except ValueError:
             on_disk = []
         for spec in on_disk:
-            reason = spec.error or ("not loaded" if spec.served else "not served by the version policy")
+            reason = redact_paths(spec.error or ("not loaded" if spec.served else "not served by the version policy"))
             entries[spec.name, str(spec.version)] = RepositoryEntry(
                 spec.name, str(spec.version), ModelState.UNAVAILABLE, reason
             )
@@ -339,6 +406,8 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         """New requests are refused from now on; queued and running ones finish."""
+        if name not in self._models:  # checked before taking a lock: an unknown name must leave nothing behind
+            raise ModelNotFound(f"model '{name}' is not loaded; models: {sorted(self._models)}")
         async with self._lock(name):
             versions = self._models.get(name)
             if not versions:
