@@ -54,8 +54,9 @@ DEFAULT_CONCURRENCY = [1, 8, 64]
 class Raw:
     """In-process sessions with the servers' options; items/s at a batch size for a few seconds."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, providers: list[str] | None = None) -> None:
         self.repo = repo
+        self.providers = providers or ["CPUExecutionProvider"]
         self.sessions: dict[str, ort.InferenceSession] = {}
 
     def session(self, model: BenchModel) -> ort.InferenceSession:
@@ -64,8 +65,7 @@ class Raw:
             options.intra_op_num_threads = THREADS
             options.inter_op_num_threads = 1
             self.sessions[model.name] = ort.InferenceSession(
-                str(self.repo / model.name / "1" / "model.onnx"), sess_options=options,
-                providers=["CPUExecutionProvider"])
+                str(self.repo / model.name / "1" / "model.onnx"), sess_options=options, providers=self.providers)
         return self.sessions[model.name]
 
     def items_per_s(self, model: BenchModel, batch: int, seconds: float) -> float:
@@ -92,8 +92,8 @@ def json_body(model: BenchModel) -> Body:
     return json.dumps({"inputs": inputs}).encode(), "application/json", None
 
 
-def binary_body(model: BenchModel) -> Body:
-    arrays = model.example(1)
+def binary_body(model: BenchModel, batch: int = 1) -> Body:
+    arrays = model.example(batch)
     header = json.dumps({
         "inputs": [{"name": name, "shape": list(a.shape), "datatype": model.inputs[name][1],
                     "parameters": {"binary_data_size": a.nbytes}} for name, a in arrays.items()],
@@ -346,6 +346,55 @@ def speed(args: argparse.Namespace) -> None:
     (out / "speed.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "raw_sweeps": sweeps}, indent=2))
 
 
+# ---- GPU: deepserve vs raw ONNX Runtime on the CUDA provider (bench/gpu.sh) ----------------------------
+
+GPU_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def gpu(args: argparse.Namespace) -> None:
+    """ResNet-18 and BERT-mini on the CUDA provider: raw items/s at batch 1/8/32, and deepserve (IO binding,
+    batching up to 32) under wrk with requests of 1/8/32 items at c=1/8/64, items/s and % of raw."""
+    from nets import build
+
+    repo = HERE / ".repo-gpu"
+    build(repo)
+    providers = GPU_PROVIDERS if not args.allow_cpu else ["CPUExecutionProvider"]
+    for name in ("resnet18", "bert"):
+        (repo / name / "config.yaml").write_text(
+            f"max_batch_size: 32\nmax_queue_delay_ms: 2\nmax_queue_size: 2048\nproviders: {json.dumps(providers)}\n")
+    raw = Raw(repo, providers)
+    in_use = raw.session(MODELS["resnet18"]).get_providers()[0]
+    if in_use != providers[0]:
+        raise SystemExit(f"ONNX Runtime runs on {in_use} here, not {providers[0]}: no usable GPU (see its log above)")
+    lines = [f"GPU run: {in_use}; {args.repeats} x {args.seconds:g} s per cell", "",
+             "| model | items/request | c | deepserve items/s | p50 / p99 ms | raw items/s at that batch | % of raw |",
+             "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as logs, deepserve(repo, Path(logs), DEEPSERVE_PORT, {}) as url:
+        for name in ("resnet18", "bert"):
+            model = MODELS[name]
+            meta = json.loads(urllib.request.urlopen(f"{url}/v2/models/{name}").read())
+            print(f"{name}: deepserve providers {meta['parameters']['providers']}", flush=True)
+            for batch in (1, 8, 32):
+                raw_rate = statistics.fmean(raw.items_per_s(model, batch, min(args.seconds, 3.0))
+                                            for _ in range(args.repeats))
+                body = binary_body(model, batch)
+                target = f"{url}/v2/models/{name}/infer"
+                for c in args.concurrency:
+                    wrk(target, body, concurrency=c, seconds=1)
+                    runs = [wrk(target, body, concurrency=c, seconds=args.seconds) for _ in range(args.repeats)]
+                    rate = statistics.fmean(r.rps for r in runs) * batch
+                    line = (f"| {name} | {batch} | {c} | {rate:.0f}" + (f" ({sum(r.errors for r in runs)} err)"
+                            if any(r.errors for r in runs) else "") + f" | {statistics.fmean(r.p50_ms for r in runs):.2f}"
+                            f" / {statistics.fmean(r.p99_ms for r in runs):.2f} | {raw_rate:.0f} | "
+                            f"{100 * rate / raw_rate:.0f}% |")
+                    print(line, flush=True)
+                    lines.append(line)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "gpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 # ---- memory -------------------------------------------------------------------------------------------
 
 
@@ -404,11 +453,18 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=V[,ENV=V]",
                         help="also run deepserve with these DEEPSERVE_* settings as column NAME")
     parser.add_argument("--no-pytriton", action="store_true", help="leave the PyTriton peer out")
+    parser.add_argument("--gpu", action="store_true", help="the CUDA run of bench/gpu.sh instead of the CPU table")
+    parser.add_argument("--allow-cpu", action="store_true", help="with --gpu: run on CPU (checks the script only)")
     parser.add_argument("--rss", metavar="REPO", help="measure the server's RSS serving REPO instead of speed")
     parser.add_argument("--soak", type=float, default=0, help="with --rss: seconds of load (wrk, c=32)")
     parser.add_argument("--soak-model", default="mlp", help="with --soak: model in REPO to load (1x28x28 input)")
     args = parser.parse_args()
-    memory(args) if args.rss else speed(args)
+    if args.gpu:
+        gpu(args)
+    elif args.rss:
+        memory(args)
+    else:
+        speed(args)
 
 
 if __name__ == "__main__":
