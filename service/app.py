@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.fastpath import InferFastPath
@@ -61,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        docs_url=None,  # service.ui serves /docs and /redoc from packaged assets, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.started = False
@@ -68,13 +71,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(InferFastPath, state=app.state)  # innermost: ids and the body limit apply to it
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContext)
+    if settings.cors_origins:  # outermost: preflights and error answers get the headers too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["Server-Timing", "Retry-After"], max_age=600)
 
-    from service.api import admin, explain, tasks, v2  # routers import the registry's types
+    from service.api import admin, tasks, v2  # routers import the registry's types
 
     app.include_router(v2.router)
     app.include_router(admin.router)
     app.include_router(tasks.router)
-    app.include_router(explain.router)
 
     if settings.metrics:
 
@@ -84,9 +89,9 @@ def create_app(settings: Settings) -> FastAPI:
         def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    from service.ui import router as ui
+
+    ui.install(app, settings)  # /docs, /redoc; the try-it page at / and /ui unless DEEPSERVE_UI=false
 
     return app
 

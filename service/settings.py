@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     """Log one line per HTTP request (uvicorn's access log)."""
     metrics: bool = True
     """Serve Prometheus metrics at /metrics."""
+    ui: bool = True
+    """Serve the try-it page at / and /ui (every model with an input that fits its task). False: `/`
+    redirects to /docs, which is served either way."""
+    cors_origins: list[str] = []
+    """Origins whose pages may call the API from a browser (CORS), e.g. `["https://app.example.com"]`;
+    `["*"]` allows any. Empty: no CORS headers (same-origin pages only, such as the built-in page)."""
     max_tensor_elements: int = Field(1 << 25, ge=1)
     """Most tensor elements (over all inputs) one v2 infer request may declare; more is a 413 before the
     data is converted."""

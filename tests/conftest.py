@@ -39,6 +39,33 @@ async def serve_app(repository: Path, **overrides: Any) -> AsyncIterator[httpx.A
             yield client
 
 
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One quick build of every family (seed 0) into a fresh repository: (repository, FamilyResult by name).
+
+    Shared by tests/test_demo_e2e.py and tests/test_browser.py so the session pays for it once (about 30 s
+    on 2 idle cores with espeak-ng's output cached). A family whose programs are missing is left out.
+    """
+    torch = pytest.importorskip("torch")
+    import shutil
+
+    from models.recipes import load_recipes
+    from models.recipes.base import BuildOptions
+
+    torch.set_num_threads(1)  # the CI machine has 2 shared cores
+    out = tmp_path_factory.mktemp("demo-repo")
+    recipes = load_recipes()
+    built = {}
+    for name, recipe in recipes.items():
+        if all(shutil.which(p) for p in DEMO_NEEDS.get(name, ())):
+            built[name] = recipe.build(BuildOptions(out=out, quick=True, progress=False))
+    return out, built
+
+
+DEMO_NEEDS = {"speech": ("espeak-ng", "flite")}
+"""Programs a demo family's build needs; without them it is left out of the `demo` build."""
+
+
 @pytest.fixture
 def app_client(repo: Path) -> AppClient:
     """`async with app_client(**settings) as client:` serves the `repo` fixture's models."""

@@ -31,7 +31,7 @@ pytest.importorskip("onnxruntime")
 from conftest import serve_app  # noqa: E402
 
 from models.recipes import import_errors, load_recipes  # noqa: E402
-from models.recipes.base import BuildOptions, FamilyResult  # noqa: E402
+from models.recipes.base import FamilyResult  # noqa: E402
 from service.repository.config import (  # noqa: E402
     ImageClassificationTask,
     ModelConfig,
@@ -58,16 +58,6 @@ Tensors = dict[str, npt.NDArray[Any]]
 
 def _missing(family: str) -> list[str]:
     return [p for p in NEEDS.get(family, ()) if shutil.which(p) is None]
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, FamilyResult]]:
-    """One quick build of every family (seed 0) into a fresh repository."""
-    torch.set_num_threads(1)  # the CI machine has 2 shared cores
-    out = tmp_path_factory.mktemp("demo-repo")
-    recipes = load_recipes()
-    return out, {name: recipes[name].build(BuildOptions(out=out, quick=True, progress=False))
-                 for name in FAMILIES if not _missing(name)}
 
 
 def _torch(result: FamilyResult, config: ModelConfig, inputs: Tensors) -> Tensors:
