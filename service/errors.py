@@ -109,6 +109,10 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class BodyTimeout(ServiceError):
+    status, code = 408, "request_body_timeout"
+
+
 class ModelNotFound(ServiceError):
     status, code = 404, "model_not_found"
 

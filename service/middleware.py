@@ -3,12 +3,14 @@
 - `RequestContext`: takes a well-formed incoming `x-request-id` (at most 128 characters of letters, digits
   and `-_.:/+=@`) or makes one, and puts it on the log context and the response. A malformed one (too long,
   spaces, control characters, anything that could forge a log line or a header) is replaced, never echoed.
-- `BodyLimit`: answers 413 before reading a body whose Content-Length is over the limit, and stops
-  reading a chunked body as soon as it passes the limit.
+- `BodyLimit`: answers 413 before reading a body whose Content-Length is over the limit, stops reading a
+  chunked body as soon as it passes the limit, and answers 408 to a body that has not all arrived within
+  `request_body_timeout_s` (slow-drip and stalled clients do not hold a connection for ever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -17,7 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import log
-from service.errors import error_body
+from service.errors import BodyTimeout, PayloadTooLarge, ServiceError, error_body
 
 _PROCESS = os.urandom(4).hex()
 _COUNTER = itertools.count(1)
@@ -55,14 +57,23 @@ class RequestContext:
             log.request_id.reset(token)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(PayloadTooLarge):
+    """Raised from `receive`: whoever reads the body (a route, the fast path) answers it as any 413."""
+
+
+class _TooSlow(BodyTimeout):
+    """Raised from `receive` when the body has not all arrived in time (a slow-drip or stalled client)."""
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    """Bounds what reading a request body may cost: its size (`max_bytes`) and the time from the first
+    read to its last byte (`timeout_s`; a client that drips or stalls its body gets 408 and the connection
+    is freed). Once the body is complete, `receive` is passed through untouched (disconnect watchers)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,14 +85,29 @@ class BodyLimit:
             return
         seen = 0
         started = False
+        complete = False
+        deadline: float | None = None
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete or self.timeout_s is None:
+                message = await receive()
+            else:
+                loop = asyncio.get_running_loop()
+                deadline = deadline or loop.time() + self.timeout_s
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise _TooSlow(
+                        f"the request body did not arrive within {self.timeout_s:g} s ({seen} bytes came); send it "
+                        "at once, or raise DEEPSERVE_REQUEST_BODY_TIMEOUT_S", headers={"Connection": "close"}
+                    ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(_too_large(seen, self.max_bytes), headers={"Connection": "close"})
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -91,18 +117,25 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
+        except (_TooLarge, _TooSlow) as exc:  # nobody inside answered it: answer here
             if not started:
-                await self._refuse(send, seen)
+                await _answer(send, exc)
 
     async def _refuse(self, send: Send, size: int) -> None:
-        body = orjson.dumps(error_body(
-            f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes; send less data per "
-            "request or raise DEEPSERVE_MAX_REQUEST_BYTES", "payload_too_large"))
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, _TooLarge(_too_large(size, self.max_bytes)))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"request body of {size} bytes exceeds the limit of {limit} bytes; send less data per request or "
+            "raise DEEPSERVE_MAX_REQUEST_BYTES")
+
+
+async def _answer(send: Send, exc: ServiceError) -> None:
+    body = orjson.dumps(error_body(exc.message, exc.code))
+    await send({"type": "http.response.start", "status": exc.status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     """Default time a request may take end to end (queue + compute) before a 504."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger bodies get 413 before they are read."""
+    request_body_timeout_s: float = Field(60.0, gt=0)
+    """Time a request body may take to arrive, from its first byte read to its last; a slower (slow-drip
+    or stalled) client gets 408 and its connection is closed."""
     load_models: list[str] | None = None
     """Load only these models at start (default: every model in the repository)."""
     strict_readiness: bool = False

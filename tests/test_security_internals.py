@@ -293,3 +293,40 @@ async def test_runs_still_computing_after_the_grace_period_are_logged_as_abandon
     messages = [r.getMessage() for r in caplog.records]
     assert any("1 ONNX Runtime run(s) still computing after the 0 s grace period" in m for m in messages), messages
     assert any("abandoned ONNX Runtime run(s) ended" in m for m in messages), messages
+
+
+# ---- request bodies: stalled and chunked over the limit ----------------------------------------------
+
+
+async def _stalled(first: bytes, never: asyncio.Event) -> AsyncIterator[bytes]:
+    yield first
+    await never.wait()  # a client that stops sending half way
+    yield b"}"
+
+
+async def _chunks(count: int, size: int) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield b" " * size
+
+
+@pytest.mark.parametrize("path", ["/v2/models/clf/infer", "/v1/models/sentiment/predict"])
+async def test_a_stalled_body_gets_408_and_frees_the_request(repo: Path, serve: Serve, path: str) -> None:
+    write_model(repo, "clf", classifier_model())
+    write_text_model(repo, "sentiment")
+    never = asyncio.Event()
+    async with serve(request_body_timeout_s=0.2) as s:
+        response = await s.client.post(path, content=_stalled(b'{"inputs": [', never),
+                                       headers={"content-type": "application/json"})
+        assert (await s.client.post("/v2/models/clf/infer", json=BODY)).status_code == 200
+    assert response.status_code == 408, response.text
+    assert response.json()["code"] == "request_body_timeout" and "DEEPSERVE_REQUEST_BODY_TIMEOUT_S" in response.text
+    assert response.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi-route"])
+async def test_a_chunked_body_over_the_limit_is_413_not_500(repo: Path, serve: Serve, fast_path: bool) -> None:
+    write_model(repo, "clf", classifier_model())
+    async with serve(max_request_bytes=1024, infer_fast_path=fast_path) as s:
+        response = await s.client.post("/v2/models/clf/infer", content=_chunks(4, 512))  # no Content-Length
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "payload_too_large"
