@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.fastpath import InferFastPath
+from service.api.infer import make_pool
 from service.errors import install_handlers
 from service.middleware import BodyLimit, RequestContext
 from service.repository.registry import ModelRegistry
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings)
         app.state.registry = registry
+        app.state.codec_pool = codec_pool = make_pool(settings)  # big v2 bodies decode off the event loop
         await registry.start()
         app.state.started = True
         try:
@@ -55,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.started = False
             await registry.stop()
+            codec_pool.close()
 
     app = FastAPI(
         title="deepserve",
@@ -68,7 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.started = False
     install_handlers(app)
-    app.add_middleware(InferFastPath, state=app.state)  # innermost: ids and the body limit apply to it
+    if settings.infer_fast_path:
+        app.add_middleware(InferFastPath)  # innermost: ids, credentials and the body limit apply to it
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContext)
     if settings.cors_origins:  # outermost: preflights and error answers get the headers too

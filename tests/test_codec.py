@@ -6,8 +6,10 @@ against the client people really use, not against our own reading of the spec.
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -17,13 +19,16 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import InferenceFailed, InvalidInput
+from service.errors import InferenceFailed, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.protocol import binary
 from service.protocol.codec import (
     DATATYPES,
+    DecodeLimits,
     datatype_of,
+    decode_body,
     decode_request,
     encode_response,
+    inflate,
     json_to_array,
     output_plan,
     parse_header,
@@ -429,3 +434,61 @@ def test_fuzzed_requests_decode_or_fail_with_invalid_input(header: dict[str, Any
         return
     for item in decoded.request.inputs:
         assert decoded.inputs[item.name].shape == tuple(item.shape)
+
+
+# ---- compressed bodies and limits ---------------------------------------------------------------------
+
+PAYLOAD = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+
+
+def test_gzip_and_deflate_bodies_inflate_to_the_payload() -> None:
+    assert inflate(gzip.compress(PAYLOAD), "gzip", limit=1024) == PAYLOAD
+    assert inflate(zlib.compress(PAYLOAD), " Deflate ", limit=1024) == PAYLOAD
+    assert inflate(PAYLOAD, "identity", limit=1) == PAYLOAD  # nothing to inflate: the body limit applies
+
+
+@pytest.mark.parametrize(("body", "encoding", "expected"), [
+    (gzip.compress(PAYLOAD)[:-5], "gzip", "gzip body is truncated"),
+    (gzip.compress(PAYLOAD)[:12], "gzip", "gzip body is truncated"),
+    (zlib.compress(PAYLOAD)[:-3], "deflate", "deflate body is truncated"),
+    (gzip.compress(PAYLOAD) + gzip.compress(PAYLOAD), "gzip", "second gzip member"),
+    (gzip.compress(PAYLOAD) + b"junk", "gzip", "4 bytes after the end"),
+    (b"not gzip at all", "gzip", "not valid gzip data"),
+])
+def test_broken_compressed_bodies_are_invalid_input(body: bytes, encoding: str, expected: str) -> None:
+    with pytest.raises(InvalidInput, match=expected):
+        inflate(body, encoding, limit=1 << 20)
+
+
+def test_inflating_past_the_limit_names_the_setting() -> None:
+    bomb = gzip.compress(b" " * 100_000)
+    with pytest.raises(PayloadTooLarge, match="more than 4096 bytes.*DEEPSERVE_MAX_INFLATED_BYTES"):
+        inflate(bomb, "gzip", limit=4096)
+    assert len(inflate(bomb, "gzip", limit=100_000)) == 100_000  # exactly at the limit is fine
+
+
+def test_unknown_content_encoding_is_415() -> None:
+    with pytest.raises(UnsupportedMediaType, match="'br' is not supported"):
+        inflate(PAYLOAD, "br", limit=1024)
+
+
+def test_element_cap_counts_every_input_before_converting() -> None:
+    inputs = [{"name": "a", "shape": [3, 4], "datatype": "FP32", "data": [0.0] * 12},
+              {"name": "b", "shape": [2, 2], "datatype": "FP32", "data": [0.0] * 4}]
+    body = orjson.dumps({"inputs": inputs})
+    assert set(decode_request(body, max_elements=16).inputs) == {"a", "b"}
+    with pytest.raises(PayloadTooLarge, match="16 tensor elements, over the limit of 15.*MAX_TENSOR_ELEMENTS"):
+        decode_request(body, max_elements=15)
+    # declared shapes count, so a huge shape is refused before its (missing) data is looked at
+    huge = orjson.dumps({"inputs": [{"name": "a", "shape": [1 << 20, 1 << 20], "datatype": "UINT8", "data": []}]})
+    with pytest.raises(PayloadTooLarge, match="1099511627776 tensor elements"):
+        decode_request(huge, max_elements=1 << 25)
+
+
+def test_decode_body_inflates_then_decodes_under_the_limits() -> None:
+    decoded = decode_body(gzip.compress(PAYLOAD), content_encoding="gzip", header_length=None,
+                          limits=DecodeLimits(max_inflated_bytes=1024, max_tensor_elements=4))
+    np.testing.assert_array_equal(decoded.inputs["x"], np.array([[1, 2], [3, 4]], dtype=np.float32))
+    with pytest.raises(PayloadTooLarge, match="MAX_TENSOR_ELEMENTS"):
+        decode_body(PAYLOAD, content_encoding=None, header_length=None,
+                    limits=DecodeLimits(max_inflated_bytes=1024, max_tensor_elements=3))

@@ -311,12 +311,13 @@ async def test_infer_unknown_model_version_and_unready_model(models: Path, app_c
 
 async def test_oversized_body_is_413(models: Path, app_client: AppClient) -> None:
     x = np.zeros((300, 4), dtype=np.float32)
-    async with app_client(max_request_bytes=1024, **CPU) as client:
+    async with app_client(max_request_bytes=1024, max_inflated_bytes=2048, **CPU) as client:
         message = error_of(await client.post("/v2/models/clf/infer", json=clf_request(x)), 413, "payload_too_large")
         assert "1024" in message
         bomb = gzip.compress(b" " * 100_000)  # small on the wire, too large once inflated
         response = await client.post("/v2/models/clf/infer", content=bomb, headers={"Content-Encoding": "gzip"})
-        assert "inflates to more than 1024 bytes" in error_of(response, 413, "payload_too_large")
+        message = error_of(response, 413, "payload_too_large")
+        assert "inflates to more than 2048 bytes" in message and "DEEPSERVE_MAX_INFLATED_BYTES" in message
 
 
 async def test_request_timeout_is_504(repo: Path, app_client: AppClient) -> None:
@@ -331,7 +332,8 @@ async def test_request_timeout_is_504(repo: Path, app_client: AppClient) -> None
 
 async def test_metrics_count_successes_and_failures(models: Path, app_client: AppClient) -> None:
     def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, {"model": "clf", "version": "1", **labels}) or 0.0
+        route = {} if name == "deepserve_requests_in_flight" else {"route": "v2_infer"}
+        return REGISTRY.get_sample_value(name, {"model": "clf", "version": "1", **route, **labels}) or 0.0
 
     before_ok = sample("deepserve_requests_total", outcome="success")
     before_bad = sample("deepserve_request_failures_total", reason="invalid_input")
@@ -345,4 +347,4 @@ async def test_metrics_count_successes_and_failures(models: Path, app_client: Ap
     assert sample("deepserve_request_failures_total", reason="invalid_input") == before_bad + 1
     assert sample("deepserve_request_duration_seconds_count") == before_count + 2
     assert sample("deepserve_requests_in_flight") == 0
-    assert 'deepserve_requests_total{model="clf",outcome="success",version="1"}' in text
+    assert 'deepserve_requests_total{model="clf",outcome="success",route="v2_infer",version="1"}' in text

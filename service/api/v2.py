@@ -1,33 +1,23 @@
 """Open Inference Protocol (KServe v2) routes: health, server and model metadata, model ready, infer.
 
-Routes are thin: the infer route reads the raw body (JSON, or JSON header + raw tensors with the
-binary tensor data extension), and `infer` decodes it with `service.protocol.codec`, queues it on the
-model, selects and encodes the outputs. Status codes follow the protocol: readiness is 200 or 503
+Routes are thin. The infer routes document the operation in OpenAPI and call `service.api.infer.respond`,
+the one infer implementation (the fast path in `service.api.fastpath` calls it too): it reads the raw
+body (JSON, or JSON header + raw tensors with the binary tensor data extension), decodes it, queues it
+on the model, selects and encodes the outputs. Status codes follow the protocol: readiness is 200 or 503
 (never 404 for a model the server knows), errors are `{"error": ..., "code": ...}`.
 """
 
 from __future__ import annotations
 
-import time
-import zlib
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers
 
-from service.api.deps import RegistryDep, SettingsDep
-from service.errors import (
-    InvalidInput,
-    ModelNotReady,
-    PayloadTooLarge,
-    ServiceError,
-    UnsupportedMediaType,
-    error_body,
-)
-from service.metrics import FAILURES, IN_FLIGHT, REQUEST_LATENCY, REQUESTS
-from service.protocol import codec
+from service.api import infer
+from service.api.deps import RegistryDep
+from service.errors import ModelNotReady, error_body
 from service.protocol.binary import HEADER_LENGTH
 from service.protocol.schema import (
     INFERENCE_REQUEST_EXAMPLE,
@@ -218,92 +208,12 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/v2/models/{name}/infer", summary="Inference (latest ready version)", description=_INFER_DOC,
              response_class=Response, responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI)
-async def infer_latest(name: str, request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
-    body = await read_body(request, limit=settings.max_request_bytes)
-    return await infer(registry, settings, name=name, version=None, body=body, headers=request.headers)
+async def infer_latest(name: str, request: Request) -> Response:
+    return await infer.respond(request, name=name, version=None)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)",
              description=_INFER_DOC, response_class=Response, responses=_INFER_RESPONSES,
              openapi_extra=_INFER_OPENAPI)
-async def infer_version(name: str, version: str, request: Request, registry: RegistryDep,
-                        settings: SettingsDep) -> Response:
-    body = await read_body(request, limit=settings.max_request_bytes)
-    return await infer(registry, settings, name=name, version=version, body=body, headers=request.headers)
-
-
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The raw body, inflated when `Content-Encoding` is gzip or deflate (at most `limit` bytes)."""
-    return inflate(await request.body(), request.headers.get("content-encoding"), limit=limit)
-
-
-def inflate(body: bytes, content_encoding: str | None, *, limit: int) -> bytes:
-    """`body` as sent (no or identity encoding) or inflated (gzip, deflate) to at most `limit` bytes."""
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding in ("identity", ""):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(
-            f"the {encoding} body inflates to more than {limit} bytes; send less data per request or raise "
-            "DEEPSERVE_MAX_REQUEST_BYTES"
-        )
-    return data
-
-
-async def infer(registry: ModelRegistry, settings: Settings, *, name: str, version: str | None, body: bytes,
-                headers: Headers) -> Response:
-    """Decode, queue on the model, select and encode outputs; counts the request in the metrics."""
-    try:
-        model = registry.get(name, version)
-    except ModelNotReady as exc:  # a known name: the label set stays bounded (unknown names are not counted)
-        REQUESTS.labels(name, version or "", "failure").inc()
-        FAILURES.labels(name, version or "", exc.code).inc()
-        raise
-    labels = (model.name, model.version)
-    started = time.perf_counter()
-    IN_FLIGHT.labels(*labels).inc()
-    try:
-        decoded = codec.decode_request(body, header_length=headers.get(HEADER_LENGTH))
-        request = decoded.request
-        declared = [spec.name for spec in model.config.outputs]
-        plan = codec.output_plan(request, declared) if declared else None
-        outputs = await model.infer(decoded.inputs, timeout_s=timeout_s(request, model, settings))
-        if plan is None:
-            plan = codec.output_plan(request, list(outputs))
-        encoded = codec.encode_response(outputs, plan, model_name=model.name, model_version=model.version,
-                                        request_id=request.id)
-    except ServiceError as exc:
-        REQUESTS.labels(*labels, "failure").inc()
-        FAILURES.labels(*labels, exc.code).inc()
-        raise
-    except Exception:
-        REQUESTS.labels(*labels, "failure").inc()
-        FAILURES.labels(*labels, "internal").inc()
-        raise
-    finally:
-        IN_FLIGHT.labels(*labels).dec()
-        REQUEST_LATENCY.labels(*labels).observe(time.perf_counter() - started)
-    REQUESTS.labels(*labels, "success").inc()
-    extra = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
-    return Response(encoded.body, media_type=encoded.media_type, headers=extra)
-
-
-def timeout_s(request: InferenceRequest, model: LoadedModel, settings: Settings) -> float:
-    """The request's `parameters.timeout` (microseconds, Triton's unit), capped at the model's default.
-
-    0 or absent means the default: the model's `request_timeout_s`, else the server's.
-    """
-    default = model.config.request_timeout_s or settings.request_timeout_s
-    asked = request.parameters.timeout if request.parameters else None
-    if asked is None or asked == 0:
-        return default
-    if asked < 0:
-        raise InvalidInput(f"parameters.timeout is {asked}; give microseconds > 0 (or 0 for the default)")
-    return min(asked / 1_000_000, default)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await infer.respond(request, name=name, version=version)

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from service import metrics
+from service import timing as request_timing
 from service.batching.assemble import batch_key, split, stack
 from service.errors import InferenceFailed, QueueFull, RequestTimeout, ServiceError, ShuttingDown
+from service.timing import RequestTiming
 from service.types import TensorMap
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class Job:
     """assemble.batch_key: only jobs with equal keys share a batch."""
     enqueued_at: float = field(default_factory=time.monotonic)
     priority: Priority = Priority.NORMAL
+    timing: RequestTiming | None = None
+    """The handler's `service.timing` record, if it started one: gets this job's queue and compute time."""
 
 
 class _Lanes:
@@ -210,7 +214,7 @@ class DynamicBatcher:
         future: asyncio.Future[TensorMap] = asyncio.get_running_loop().create_future()
         key = batch_key(inputs, self._pad) if self._max_batch else None
         job = Job(inputs=inputs, items=items, deadline=now + timeout_s, future=future, key=key, enqueued_at=now,
-                  priority=priority)
+                  priority=priority, timing=request_timing.current.get())
         self._queue.put_nowait(job)  # cannot overflow: depth was checked above, nothing awaited since
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
@@ -390,7 +394,10 @@ class DynamicBatcher:
         finally:
             self._compute_time.observe(time.monotonic() - started)
             self._batch_size.observe(sum(counts))
+        finished = time.monotonic()
         for job, part in zip(jobs, parts, strict=True):
+            if job.timing is not None:
+                job.timing.add_job(enqueued_at=job.enqueued_at, started_at=started, finished_at=finished)
             if not job.future.done():
                 job.future.set_result(part)
 

@@ -10,6 +10,7 @@ value and the fix. Numeric data never goes through a per-element Python loop: JS
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from service.errors import InferenceFailed, InvalidInput
+from service.errors import InferenceFailed, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.protocol import binary
 from service.protocol.schema import InferenceRequest, RequestInput
 from service.types import NUMPY_DTYPES, Tensor, TensorMap
@@ -56,10 +57,69 @@ class DecodedRequest:
     inputs: TensorMap
 
 
-def decode_request(body: bytes, *, header_length: str | None = None) -> DecodedRequest:
-    """Parse a JSON or binary infer body; `header_length` is the Inference-Header-Content-Length value."""
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """What one request may hold; the messages name the settings that raise them."""
+
+    max_inflated_bytes: int = 64 * 1024 * 1024
+    """DEEPSERVE_MAX_INFLATED_BYTES: a gzip/deflate body may inflate to at most this many bytes."""
+    max_tensor_elements: int = 1 << 26
+    """DEEPSERVE_MAX_TENSOR_ELEMENTS: elements over all inputs of one request."""
+
+
+def decode_body(body: bytes, *, content_encoding: str | None, header_length: str | None,
+                limits: DecodeLimits) -> DecodedRequest:
+    """The whole decode of an infer body as sent: inflate, parse, validate, convert to numpy.
+
+    One function so that it runs the same inline and in `service.protocol.pool`'s worker processes.
+    """
+    data = inflate(body, content_encoding, limit=limits.max_inflated_bytes)
+    return decode_request(data, header_length=header_length, max_elements=limits.max_tensor_elements)
+
+
+def inflate(body: bytes, content_encoding: str | None, *, limit: int) -> bytes:
+    """`body` as sent (no or identity encoding) or inflated (gzip, deflate) to at most `limit` bytes.
+
+    One gzip member (or zlib stream) exactly: truncated data and anything after the end (a second
+    member, trailing bytes) are a 400, a body inflating past `limit` a 413.
+    """
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(
+            f"the {encoding} body inflates to more than {limit} bytes (DEEPSERVE_MAX_INFLATED_BYTES); send less "
+            "data per request or raise DEEPSERVE_MAX_INFLATED_BYTES"
+        )
+    if not inflater.eof:
+        raise InvalidInput(
+            f"the {encoding} body is truncated: it ends before the end of its compressed stream; send the whole body"
+        )
+    if inflater.unused_data:
+        raise InvalidInput(
+            f"the {encoding} body has {len(inflater.unused_data)} bytes after the end of its compressed stream "
+            "(a second gzip member or trailing data); send one compressed stream"
+        )
+    return data
+
+
+def decode_request(body: bytes, *, header_length: str | None = None,
+                   max_elements: int | None = None) -> DecodedRequest:
+    """Parse a JSON or binary infer body; `header_length` is the Inference-Header-Content-Length value.
+
+    `max_elements` caps the elements over all inputs (a 413 naming DEEPSERVE_MAX_TENSOR_ELEMENTS).
+    """
     header, rest = binary.split_body(body, header_length)
     request = parse_header(header, binary_body=header_length is not None)
+    if max_elements is not None:
+        check_elements(request, max_elements)
     inputs: TensorMap = {}
     offset = 0
     for item in request.inputs:
@@ -99,6 +159,16 @@ def decode_request(body: bytes, *, header_length: str | None = None) -> DecodedR
             f"accounts for; check {binary.HEADER_LENGTH} and each binary_data_size"
         )
     return DecodedRequest(request=request, inputs=inputs)
+
+
+def check_elements(request: InferenceRequest, limit: int) -> None:
+    """The request's declared shapes hold at most `limit` elements in all (checked before converting)."""
+    total = sum(math.prod(checked_shape(item)) for item in request.inputs)
+    if total > limit:
+        raise PayloadTooLarge(
+            f"the request's inputs hold {total} tensor elements, over the limit of {limit} per request "
+            "(DEEPSERVE_MAX_TENSOR_ELEMENTS); send fewer items per request or raise DEEPSERVE_MAX_TENSOR_ELEMENTS"
+        )
 
 
 def parse_header(header: memoryview | bytes, *, binary_body: bool = False) -> InferenceRequest:

@@ -1,0 +1,104 @@
+"""`POST /v2/models/{name}[/versions/{version}]/infer`: the one implementation both entrances call.
+
+`respond(request, name=..., version=...)` reads the body, decodes it (`CodecPool`: inline when small,
+in a worker process when big), queues it on the model, encodes the outputs and answers. Every error
+becomes the response the app's own exception handlers make (`service.errors`, looked up by the
+exception's class as Starlette does), so the FastAPI route (`service.api.v2`, documented in OpenAPI)
+and the pure-ASGI fast path (`service.api.fastpath`) answer byte for byte the same, and the request
+is counted in the metrics once either way. Every answer carries `Server-Timing`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import metrics
+from service.api.timing import SERVER_TIMING, server_timing, start
+from service.errors import InvalidInput, ModelNotReady
+from service.protocol import codec
+from service.protocol.binary import HEADER_LENGTH
+from service.protocol.codec import DecodeLimits
+from service.protocol.pool import CodecPool
+from service.protocol.schema import InferenceRequest
+from service.repository.registry import LoadedModel, ModelRegistry
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def make_pool(settings: Settings) -> CodecPool:
+    """The codec pool for an app (the lifespan makes it and closes it)."""
+    limits = DecodeLimits(max_inflated_bytes=settings.max_inflated_bytes,
+                          max_tensor_elements=settings.max_tensor_elements)
+    return CodecPool(workers=settings.codec_workers, min_bytes=settings.codec_offload_bytes, limits=limits)
+
+
+async def respond(request: Request, *, name: str, version: str | None) -> Response:
+    """The answer to one infer request, success or error, with a `Server-Timing` header."""
+    timing = start()
+    try:
+        response = await _infer(request, name=name, version=version)
+    except Exception as exc:
+        response = await error_response(request, exc)
+    response.headers[SERVER_TIMING] = server_timing(timing)
+    return response
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    """What the app's exception handler for `exc`'s class answers (the same call FastAPI would make)."""
+    handlers = request.app.exception_handlers
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            result = handler(request, exc)
+            response: Response = await result if inspect.isawaitable(result) else result
+            return response
+    raise exc
+
+
+async def _infer(request: Request, *, name: str, version: str | None) -> Response:
+    state = request.app.state
+    registry: ModelRegistry | None = getattr(state, "registry", None)
+    pool: CodecPool | None = getattr(state, "codec_pool", None)
+    settings: Settings = state.settings
+    if registry is None or pool is None:
+        await request.body()
+        raise ModelNotReady("the server is starting: models are still loading", headers={"Retry-After": "1"})
+    body = await pool.receive(request.stream())  # BodyLimit's 413 and a client's disconnect propagate
+    try:
+        with metrics.track_lookup(metrics.V2_INFER, name, version):  # unknown names are not counted
+            model = registry.get(name, version)
+        with metrics.track(metrics.V2_INFER, model.name, model.version):
+            headers = request.headers
+            decoded = await pool.decode(body, content_encoding=headers.get("content-encoding"),
+                                        header_length=headers.get(HEADER_LENGTH))
+            infer_request = decoded.request
+            declared = [spec.name for spec in model.config.outputs]
+            plan = codec.output_plan(infer_request, declared) if declared else None
+            outputs = await model.infer(decoded.inputs, timeout_s=timeout_s(infer_request, model, settings))
+            if plan is None:
+                plan = codec.output_plan(infer_request, list(outputs))
+            encoded = await pool.encode(outputs, plan, model_name=model.name, model_version=model.version,
+                                        request_id=infer_request.id)
+    finally:
+        pool.release(body)  # a spooled body's file goes now, whatever happened
+    extra = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
+    return Response(encoded.body, media_type=encoded.media_type, headers=extra)
+
+
+def timeout_s(request: InferenceRequest, model: LoadedModel, settings: Settings) -> float:
+    """The request's `parameters.timeout` (microseconds, Triton's unit), capped at the model's default.
+
+    0 or absent means the default: the model's `request_timeout_s`, else the server's.
+    """
+    default = model.config.request_timeout_s or settings.request_timeout_s
+    asked = request.parameters.timeout if request.parameters else None
+    if asked is None or asked == 0:
+        return default
+    if asked < 0:
+        raise InvalidInput(f"parameters.timeout is {asked}; give microseconds > 0 (or 0 for the default)")
+    return min(asked / 1_000_000, default)
