@@ -139,7 +139,7 @@ async def test_efficiency_holds_on_a_nonlinear_model_and_a_seed_fixes_the_answer
     async with app_client(**CPU) as client:
         def explain(seed: int) -> Any:
             return client.post("/v1/models/digits/explain", json={
-                "image": base64.b64encode(png(gradient)).decode(), "seed": seed, "budget": 200})
+                "image": base64.b64encode(png(gradient)).decode(), "seed": seed, "method": "kernel-shap"})
         first, again, other = await explain(3), await explain(3), await explain(4)
         predicted = await client.post("/v1/models/digits/predict", content=png(gradient),
                                       headers={"content-type": "image/png"}, params={"return_probabilities": True})
@@ -270,7 +270,7 @@ async def test_bad_explain_options_are_400s_that_say_what_is_accepted(repo: Path
         ("digits", "method=lime", image, ["unknown method 'lime'", "kernel-shap, occlusion"]),
         ("digits", "budget=2", image, ["'budget' must be from 8 to 4096"]),
         ("digits", "budget=100000", image, ["'budget' must be from 8 to 4096"]),
-        ("digits", "budget=20", image, ["needs a budget of at least 51"]),
+        ("digits", "method=kernel-shap&budget=20", image, ["needs a budget of at least 51"]),
         ("digits", "method=occlusion&budget=20", image, ["occlusion over 49 cells needs 51 evaluations"]),
         ("digits", "target=cat", image, ["unknown target 'cat'", "index from 0 to 9"]),
         ("digits", "target=10", image, ["unknown target '10'"]),

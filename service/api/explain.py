@@ -41,7 +41,7 @@ BaselineKind = Annotated[str | None, Query(description="Images: `blur` (default)
 _DESCRIPTION = (
     "Attributions for one input, computed from many perturbed copies sent through the model's dynamic "
     "batcher at low priority (ordinary /predict and /v2 requests go first).\n\n"
-    "* **image-classification**: `kernel-shap` (default) or `occlusion` over a grid of cells; returns a "
+    "* **image-classification**: `occlusion` (default) or `kernel-shap` over a grid of cells; returns a "
     "per-pixel map at the model's and the image's size and a heatmap PNG (base64).\n"
     "* **text-classification**: `kernel-shap` (default) or `occlusion` over words; a score per word with its "
     "character offsets.\n"

@@ -50,11 +50,12 @@ def ctc_log_likelihood(log_probs: npt.NDArray[np.float64], labels_: list[int], *
     if states > 1:
         alpha[:, 1] = emit[:, 0, 1]
     for t in range(1, frames):
-        stay = alpha
-        step = np.concatenate([np.full((n, 1), -np.inf), alpha[:, :-1]], axis=1)
-        jump = np.concatenate([np.full((n, 2), -np.inf), alpha[:, :-2]], axis=1)
+        step = np.full((n, states), -np.inf)
+        step[:, 1:] = alpha[:, :-1]
+        jump = np.full((n, states), -np.inf)
+        jump[:, 2:] = alpha[:, :-2]
         jump[:, ~skip] = -np.inf
-        alpha = np.logaddexp(np.logaddexp(stay, step), jump) + emit[:, t]
+        alpha = np.logaddexp(np.logaddexp(alpha, step), jump) + emit[:, t]
     last = alpha[:, -1] if states == 1 else np.logaddexp(alpha[:, -1], alpha[:, -2])
     return last
 
