@@ -52,30 +52,50 @@ class VersionPolicy(_Strict):
 # ---- task sections: the pre- and post-processing of the friendly /v1 endpoints -------------------
 
 
-class ImageClassificationTask(_Strict):
-    """Image in (PNG/JPEG/...), top-k labels out."""
+class ImageInput(_Strict):
+    """How an uploaded image (PNG/JPEG/...) becomes the model's input tensor; shared by the image tasks."""
 
-    type: Literal["image-classification"] = "image-classification"
     input: str
     """Model input that receives the image tensor."""
-    output: str
-    """Model output holding class scores, shape [batch, classes]."""
     size: tuple[int, int]
     """(height, width) the image is brought to."""
     channels: Literal["RGB", "L"] = "RGB"
     """Colour mode fed to the model: RGB (3 channels) or L (grayscale, 1 channel)."""
-    resize: Literal["stretch", "center-crop", "pad"] = "stretch"
-    """`stretch` to size; `center-crop` the shorter side then scale; `pad` to a square then scale."""
+    resize: Literal["stretch", "center-crop", "pad", "ink"] = "stretch"
+    """`stretch` to size; `center-crop` the shorter side then scale; `pad` to a square then scale; `ink`
+    crop to the strokes (after `invert`), pad that to a square with a margin, then scale: for digits and
+    drawings that may sit anywhere on a canvas of any shape."""
     mean: list[float] = [0.0]
     """Per-channel mean subtracted after scaling pixels to [0, 1]."""
     std: list[float] = [1.0]
     """Per-channel standard deviation divided by after subtracting the mean."""
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     """Tensor layout of the model input."""
-    invert: bool = False
-    """Invert intensities first (models trained on light strokes on dark ground, e.g. MNIST-style digits)."""
+    invert: bool | Literal["auto"] = False
+    """Invert intensities first: `true` for models trained on light strokes on dark ground (MNIST-style
+    digits) fed dark-on-light images; `auto` decides per image from its border (a light border means
+    dark strokes on light ground, so it is inverted; a dark one is left alone), so both polarities
+    reach the model as light on dark."""
     autocontrast: bool = False
     """Stretch intensities to the full range before normalising (helps with photos of paper)."""
+
+    @model_validator(mode="after")
+    def _check_normalisation(self) -> ImageInput:
+        channels = 3 if self.channels == "RGB" else 1
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"task.{name} has {len(values)} values; give 1 or {channels} (channels {self.channels})")
+        if any(s == 0 for s in self.std):
+            raise ValueError("task.std must not contain 0")
+        return self
+
+
+class ImageClassificationTask(ImageInput):
+    """Image in (PNG/JPEG/...), top-k labels out."""
+
+    type: Literal["image-classification"] = "image-classification"
+    output: str
+    """Model output holding class scores, shape [batch, classes]."""
     logits: bool = True
     """The output is logits (softmax is applied); false when the model already emits probabilities."""
     labels: list[str] = []
@@ -83,14 +103,56 @@ class ImageClassificationTask(_Strict):
     top_k: int = Field(5, ge=1)
     """Default number of labels returned."""
 
+
+class AnomalyDetectionTask(ImageInput):
+    """Image in, reconstruction error out: an autoencoder flags images unlike its training data."""
+
+    type: Literal["anomaly-detection"] = "anomaly-detection"
+    output: str
+    """Model output holding the reconstruction; it must have the input's shape."""
+    threshold: float = Field(gt=0)
+    """Scores above this are anomalies (calibrate it on held-out normal images)."""
+    score: Literal["mse", "mae"] = "mse"
+    """Reconstruction error per image: mean squared or mean absolute difference, over every input
+    element in the model's input space (after `mean`/`std`)."""
+    false_positive_rate: float | None = Field(None, gt=0, lt=1)
+    """The share of normal calibration images scoring above `threshold` (documentation, shown in
+    responses)."""
+    calibration_size: int | None = Field(None, ge=1)
+    """How many held-out normal images `threshold` was calibrated on."""
+
+
+class ImageGenerationTask(_Strict):
+    """Noise (and a class) in, images out: a GAN generator or a decoder."""
+
+    type: Literal["image-generation"] = "image-generation"
+    noise_input: str = "z"
+    """Model input for the noise, float32 [batch, noise_dim]."""
+    noise_dim: int = Field(ge=1)
+    """Length of each noise vector."""
+    noise: Literal["normal", "uniform"] = "normal"
+    """Distribution the noise is drawn from: standard normal, or uniform on [-1, 1]."""
+    label_input: str | None = "label"
+    """Model input for the class index, int64 [batch]; unset for an unconditional generator."""
+    labels: list[str] = []
+    """Class names by index (conditional generators); requests name classes by index."""
+    output: str = "image"
+    """Model output holding the images, [batch, channels, height, width] (or NHWC, see `layout`)."""
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    """Tensor layout of the output."""
+    value_range: tuple[float, float] = (0.0, 1.0)
+    """Output values mapped to black and white (e.g. [-1, 1] for a tanh generator)."""
+    invert: bool = False
+    """Draw the images inverted (dark strokes on light ground for a generator of light-on-dark digits)."""
+    max_count: int = Field(64, ge=1)
+    """Most images in one request."""
+
     @model_validator(mode="after")
-    def _check_normalisation(self) -> ImageClassificationTask:
-        channels = 3 if self.channels == "RGB" else 1
-        for name, values in (("mean", self.mean), ("std", self.std)):
-            if len(values) not in (1, channels):
-                raise ValueError(f"task.{name} has {len(values)} values; give 1 or {channels} (channels {self.channels})")
-        if any(s == 0 for s in self.std):
-            raise ValueError("task.std must not contain 0")
+    def _check(self) -> ImageGenerationTask:
+        if self.label_input and not self.labels:
+            raise ValueError("task.labels is empty: a conditional generator (label_input set) needs its class names")
+        if self.value_range[0] == self.value_range[1]:
+            raise ValueError("task.value_range must span a range, e.g. [0, 1]")
         return self
 
 
@@ -187,7 +249,8 @@ class EmbeddingTask(_Strict):
 
 
 TaskConfig = Annotated[
-    ImageClassificationTask | TextClassificationTask | SpeechRecognitionTask | AudioClassificationTask | EmbeddingTask,
+    ImageClassificationTask | TextClassificationTask | SpeechRecognitionTask | AudioClassificationTask | EmbeddingTask
+    | AnomalyDetectionTask | ImageGenerationTask,
     Field(discriminator="type"),
 ]
 
@@ -228,6 +291,11 @@ class ModelConfig(_Strict):
     """ONNX Runtime inter-op threads per session; 0 lets ONNX Runtime choose."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimisation level."""
+    intra_op_spinning: bool = False
+    """Let ONNX Runtime's intra-op threads spin while they wait for work (ONNX Runtime's own default).
+    Off here: spinning threads burn the CPU the event loop needs to parse and answer requests (on a
+    loaded 2-core machine, 2-7x fewer small-model requests per second with it on). Turn it on when the
+    server has cores to spare and the lowest single-request latency matters."""
     io_binding: Literal["auto", "on", "off"] = "auto"
     """Run through ONNX Runtime's IO binding (outputs bound to the session's device, copied to the host
     once; inputs staged in pinned host memory where the CUDA provider offers it). `auto`: on with the

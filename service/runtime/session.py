@@ -55,6 +55,8 @@ def session_options(config: ModelConfig) -> ort.SessionOptions:
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
+    if not config.intra_op_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if config.inter_op_threads > 1:  # inter-op threads only matter in parallel execution mode
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     return options
