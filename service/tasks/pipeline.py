@@ -7,27 +7,36 @@ turns the model's outputs into the response. `PIPELINES` maps the config's task 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from service.errors import InferenceFailed, InvalidInput
 from service.repository.config import (
+    AnomalyDetectionTask,
     AudioClassificationTask,
     EmbeddingTask,
     ImageClassificationTask,
+    ImageGenerationTask,
     ModelConfig,
     SpeechRecognitionTask,
     TextClassificationTask,
 )
 from service.repository.registry import LoadedModel
-from service.tasks import audio, image, labels, text
+from service.tasks import anomaly, audio, generation, image, labels, text
 from service.tasks.schema import (
+    AnomalyPrediction,
+    AnomalyResponse,
     AudioClassifyResponse,
     AudioPrediction,
     EmbeddingResponse,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResponse,
     ImageClassifyResponse,
     ImagePrediction,
     LabelScore,
@@ -48,6 +57,9 @@ class Options:
     top_k: int | None = None
     return_probabilities: bool = False
     return_timestamps: bool = False
+    return_reconstruction: bool = False
+    image_grid: bool = False
+    """Image generation: answer with one PNG grid (the client sent `Accept: image/png`) instead of JSON."""
 
 
 @dataclass(slots=True)
@@ -57,9 +69,11 @@ class Payload:
     blobs: list[bytes]
     texts: list[str]
     options: Options
+    generation: GenerationRequest | None = None
+    """Image generation: the parsed JSON request (it has no files or texts)."""
 
 
-Pipeline = Callable[[LoadedModel, Payload], Awaitable[PredictResponse]]
+Pipeline = Callable[[LoadedModel, Payload], Awaitable[PredictResponse | Response]]
 
 
 def check_count(model: LoadedModel, count: int, noun: str) -> None:
@@ -110,10 +124,7 @@ def _rank_rows(
 async def classify_images(model: LoadedModel, payload: Payload) -> ImageClassifyResponse:
     task = model.config.task
     assert isinstance(task, ImageClassificationTask)
-    check_count(model, len(payload.blobs), "images")
-    decoded = await run_in_threadpool(
-        lambda: [image.decode_image(data, task, index=i) for i, data in enumerate(payload.blobs)]
-    )
+    decoded = await _decode_images(model, task, payload.blobs)
     batch = np.stack([d.tensor for d in decoded])  # B x (C, H, W) -> (B, C, H, W)
     outputs = await model.infer({task.input: cast(model.config, task.input, batch)})
     probs = labels.class_scores(
@@ -124,6 +135,59 @@ async def classify_images(model: LoadedModel, payload: Payload) -> ImageClassify
         for (top, everything), item in zip(_rank_rows(model, task, probs, payload.options), decoded, strict=True)
     ]
     return ImageClassifyResponse(model=model.name, version=model.version, predictions=predictions)
+
+
+async def _decode_images(model: LoadedModel, task: ImageClassificationTask | AnomalyDetectionTask,
+                         blobs: list[bytes]) -> list[image.DecodedImage]:
+    check_count(model, len(blobs), "images")
+    return await run_in_threadpool(lambda: [image.decode_image(data, task, index=i) for i, data in enumerate(blobs)])
+
+
+async def detect_anomalies(model: LoadedModel, payload: Payload) -> AnomalyResponse:
+    task = model.config.task
+    assert isinstance(task, AnomalyDetectionTask)
+    decoded = await _decode_images(model, task, payload.blobs)
+    batch = cast(model.config, task.input, np.stack([d.tensor for d in decoded]))  # B x (C, H, W) -> (B, C, H, W)
+    outputs = await model.infer({task.input: batch})
+    rebuilt = output(outputs, task.output, model)
+    anomaly.check_shape(batch, rebuilt, model.name, task.output)
+    values = anomaly.scores(batch, rebuilt, task.score)
+    pictures = (
+        await run_in_threadpool(anomaly.pictures, batch, rebuilt, task) if payload.options.return_reconstruction
+        else [(None, None, None)] * len(decoded)
+    )
+    predictions = [
+        AnomalyPrediction(score=float(v), is_anomaly=bool(v > task.threshold), threshold=task.threshold,
+                          input=seen, reconstruction=rec, error_map=err, notes=item.notes)
+        for v, (seen, rec, err), item in zip(values, pictures, decoded, strict=True)
+    ]
+    return AnomalyResponse(model=model.name, version=model.version, false_positive_rate=task.false_positive_rate,
+                           predictions=predictions)
+
+
+async def generate_images(model: LoadedModel, payload: Payload) -> GenerationResponse | Response:
+    task = model.config.task
+    assert isinstance(task, ImageGenerationTask)
+    request = payload.generation if payload.generation is not None else GenerationRequest.model_validate({})
+    drawn = generation.plan(task, request, model_name=model.name, max_batch_size=model.config.max_batch_size)
+    inputs = {task.noise_input: cast(model.config, task.noise_input, drawn.noise)}
+    if task.label_input is not None and drawn.classes is not None:
+        inputs[task.label_input] = cast(model.config, task.label_input, drawn.classes)
+    outputs = await model.infer(inputs)
+    pictures = generation.to_images(
+        output(outputs, task.output, model), task, items=len(drawn.noise), model_name=model.name
+    )
+    if payload.options.image_grid:
+        grid = await run_in_threadpool(
+            lambda: generation.grid_png(pictures, rows=drawn.rows, columns=drawn.columns, ground=128)
+        )
+        return Response(grid, media_type="image/png", headers={"X-Seed": str(drawn.seed)})
+    pngs = await run_in_threadpool(lambda: [base64.b64encode(generation.png(p)).decode("ascii") for p in pictures])
+    height, width = pictures[0].shape[:2]
+    return GenerationResponse(
+        model=model.name, version=model.version, seed=drawn.seed, width=width, height=height,
+        images=[GeneratedImage(label=name, png=data) for name, data in zip(drawn.names, pngs, strict=True)],
+    )
 
 
 # ---- text --------------------------------------------------------------------------------------------
@@ -145,6 +209,8 @@ async def _encode(
     inputs = {task.input_ids: cast(model.config, task.input_ids, encoded.ids)}
     if task.attention_mask:
         inputs[task.attention_mask] = cast(model.config, task.attention_mask, encoded.mask)
+    if any(spec.name == task.token_type_ids for spec in model.config.inputs):  # BERT-family exports
+        inputs[task.token_type_ids] = cast(model.config, task.token_type_ids, encoded.type_ids)
     return encoded, inputs
 
 
@@ -264,4 +330,6 @@ PIPELINES: dict[str, Pipeline] = {
     "embedding": embed_texts,
     "speech-recognition": transcribe,
     "audio-classification": classify_audio,
+    "anomaly-detection": detect_anomalies,
+    "image-generation": generate_images,
 }
