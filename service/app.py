@@ -67,9 +67,6 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # service.ui serves /docs and /redoc from packaged assets, not a CDN
         redoc_url=None,
-        # FastAPI's native OpenTelemetry looks up the global providers (and the environment) on every
-        # request, ~4% of a small request's event-loop time; deepserve exports Prometheus metrics instead
-        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.started = False

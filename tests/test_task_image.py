@@ -232,3 +232,51 @@ def test_valid_images_decode_to_shape_dtype_and_range(
     c = 3 if channels == "RGB" else 1
     assert tensor.shape == ((c, 20, 12) if layout == "NCHW" else (20, 12, c))
     assert tensor.dtype == np.float32 and tensor.min() >= 0.0 and tensor.max() <= 1.0
+
+
+# ---- polarity and framing: inputs as people make them --------------------------------------------
+
+
+def _digit_canvas(size: tuple[int, int], box: tuple[int, int, int, int], *, ink: int, ground: int) -> bytes:
+    """A filled rectangle (the 'strokes') of `ink` at `box` on a `ground` canvas of `size` (width, height)."""
+    image = Image.new("L", size, ground)
+    image.paste(ink, box)
+    return encode(image)
+
+
+AUTO = GRAY28.model_copy(update={"invert": "auto"})
+
+
+@pytest.mark.parametrize(("ink", "ground"), [(0, 255), (40, 200), (255, 0), (220, 30)])
+def test_auto_polarity_reads_the_ground_from_the_border(ink: int, ground: int) -> None:
+    """Dark on light and light on dark reach the model the same way: strokes light, ground dark."""
+    decoded = decode_image(_digit_canvas((28, 28), (10, 6, 18, 22), ink=ink, ground=ground), AUTO)
+    strokes, background = decoded.tensor[0, 14, 14], decoded.tensor[0, 2, 2]
+    assert strokes > background
+    assert ("inverted" in " ".join(decoded.notes)) == (ground > ink), decoded.notes
+
+
+def test_fixed_polarity_is_left_alone() -> None:
+    light_on_dark = _digit_canvas((28, 28), (10, 6, 18, 22), ink=255, ground=0)
+    fixed = decode_image(light_on_dark, GRAY28.model_copy(update={"invert": True}))
+    assert fixed.tensor[0, 14, 14] < fixed.tensor[0, 2, 2], "invert: true inverts whatever comes"
+    assert decode_image(light_on_dark, GRAY28).tensor[0, 14, 14] == 1.0 and fixed.notes == []
+
+
+@pytest.mark.parametrize("size", [(28, 28), (100, 100), (160, 64), (64, 160)])
+def test_ink_resize_centres_and_frames_the_strokes(size: tuple[int, int]) -> None:
+    """Wherever the strokes sit on a canvas of any shape, they arrive centred, ~20 of 28 pixels tall."""
+    width, height = size
+    box_w, box_h = max(4, width // 8), max(10, height // 4)
+    left, top = width - box_w - 2, 1  # far off-centre: top-right corner
+    decoded = decode_image(_digit_canvas(size, (left, top, left + box_w, top + box_h), ink=0, ground=255),
+                           AUTO.model_copy(update={"resize": "ink"}))
+    rows, cols = np.nonzero(decoded.tensor[0] > 0.5)
+    longest = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    assert longest in range(19, 22), "the strokes' longer side fills MNIST's 20-pixel box"
+    assert abs((rows.min() + rows.max()) / 2 - 13.5) <= 1 and abs((cols.min() + cols.max()) / 2 - 13.5) <= 1
+
+
+def test_ink_resize_keeps_a_blank_page_blank() -> None:
+    decoded = decode_image(encode(Image.new("L", (50, 30), 255)), AUTO.model_copy(update={"resize": "ink"}))
+    assert decoded.tensor.shape == (1, 28, 28) and decoded.tensor.max() == 0.0

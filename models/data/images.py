@@ -107,6 +107,11 @@ def _render_one(font: ImageFont.FreeTypeFont, digit: str, rng: np.random.Generat
     )
     if rng.random() < 0.5:
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+    return _glyph_counts(canvas, rng)
+
+
+def _glyph_counts(canvas: Image.Image, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Ink on a 128x128 canvas -> 8x8 counts (0..16): crop, size-normalise to 32x32, binarise, count 4x4."""
     box = canvas.point(lambda v: 255 if v > 96 else 0).getbbox()
     if box is None:
         return np.zeros((8, 8), dtype=np.int64)
@@ -185,8 +190,9 @@ def digits(*, seed: int, fonts_per_class: int, real_fraction: float = 1.0) -> Im
 def load_folder(path: Path, *, seed: int) -> ImageData:
     """An image folder with one sub-folder per class (labels = sorted folder names).
 
-    Each image is brought to the model input exactly as the server brings a request (grayscale,
-    invert, autocontrast, pad to 28x28), by the server's own decoder.
+    Each image is brought to the model input exactly as the server brings a request to the published
+    image models (grayscale, invert when the ground is light, autocontrast, crop to the strokes, pad to
+    28x28), by the server's own decoder.
     """
     from service.repository.config import ImageClassificationTask
     from service.tasks.image import decode_image
@@ -195,7 +201,7 @@ def load_folder(path: Path, *, seed: int) -> ImageData:
     if len(classes) < 2:
         raise ValueError(f"{path}: expected one sub-folder per class (at least 2), found {classes}")
     task = ImageClassificationTask(
-        input="image", output="logits", size=(SIZE, SIZE), channels="L", resize="pad", invert=True, autocontrast=True
+        input="image", output="logits", size=(SIZE, SIZE), channels="L", resize="ink", invert="auto", autocontrast=True
     )
     images, labels = [], []
     for label, name in enumerate(classes):
@@ -231,3 +237,68 @@ def to_png(image: Tensor | Floats, *, invert: bool = True) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((pixels * 255.0 + 0.5).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ---- out-of-distribution sets (autoencoder evaluation; never trained on) --------------------------
+
+LETTERS = "ACEFHJKLMNPRTUVWXYacdefhjkmnprtuvwxy"
+"""Letters rendered for the OOD set: the alphabet without the usual digit look-alikes (O o D Q: 0,
+I i l: 1, Z z: 2, S s: 5, G b: 6, B: 8, g q: 9), which would measure handwriting ambiguity, not novelty."""
+OOD_SETS = ("letters", "strokes", "noise", "inverted", "blank")
+
+
+def render_font_letters(*, count: int, seed: int, fonts: list[Path]) -> Floats:
+    """`count` letters from LETTERS through the same render -> 8x8 counts -> upscale pipeline as the digits."""
+    if not fonts or count <= 0:
+        return np.zeros((0, SIZE, SIZE), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    loaded = [ImageFont.truetype(str(p), 80) for p in fonts]
+    counts = [_render_one(loaded[i % len(loaded)], LETTERS[int(rng.integers(len(LETTERS)))], rng) for i in range(count)]
+    return upscale_counts(np.stack(counts))
+
+
+def random_strokes(*, count: int, seed: int) -> Floats:
+    """`count` scribbles of 1-4 random lines and arcs, size-normalised and counted like the digits."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        canvas = Image.new("L", (128, 128), 0)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(1, 5))):
+            width = int(rng.integers(4, 14))
+            if rng.random() < 0.5:
+                points = [tuple(int(v) for v in rng.integers(16, 112, 2)) for _ in range(2)]
+                draw.line(points, fill=255, width=width)
+            else:
+                x0, y0 = (int(v) for v in rng.integers(8, 64, 2))
+                x1, y1 = x0 + int(rng.integers(24, 64)), y0 + int(rng.integers(24, 64))
+                start = float(rng.uniform(0, 360))
+                draw.arc((x0, y0, x1, y1), start, start + float(rng.uniform(60, 200)), fill=255, width=width)
+        out.append(_glyph_counts(canvas, rng))
+    return upscale_counts(np.stack(out))
+
+
+def noise_images(*, count: int, seed: int) -> Floats:
+    """Half white noise, half blurred (blobby) noise, stretched like every other image."""
+    rng = np.random.default_rng(seed)
+    white = rng.random((count, SIZE, SIZE)).astype(np.float32)
+    blurred = torch.as_tensor(rng.random((count, 1, SIZE // 4, SIZE // 4)).astype(np.float32))
+    blurred = F.interpolate(blurred, size=(SIZE, SIZE), mode="bicubic", align_corners=False).squeeze(1).numpy()
+    keep = np.arange(count) % 2 == 0
+    return stretch(np.where(keep[:, None, None], white, blurred).astype(np.float32))
+
+
+def ood_sets(*, normal: Floats, seed: int) -> dict[str, Floats]:
+    """One out-of-distribution set per OOD_SETS entry, each as large as `normal` (held-out real digits).
+
+    letters: from the fonts; strokes: random scribbles; noise; inverted: `normal` with dark strokes on
+    light ground; blank: empty pages (what a uniform image becomes after the server's autocontrast).
+    """
+    count = len(normal)
+    return {
+        "letters": render_font_letters(count=count, seed=seed + 101, fonts=find_fonts()),
+        "strokes": random_strokes(count=count, seed=seed + 102),
+        "noise": noise_images(count=count, seed=seed + 103),
+        "inverted": stretch(1.0 - normal),
+        "blank": np.zeros_like(normal),
+    }

@@ -3,7 +3,8 @@
 Both train on real handwriting (scikit-learn's digits, train split) plus font-rendered digits with
 random affine augmentation, are scored on real held-out handwriting only, exported with a dynamic
 batch axis, checked torch vs ONNX Runtime at batch 1 and 8, and published with an image task config
-(the server inverts, autocontrasts, pads to 28x28 and normalises with the mean/std used here).
+(the server inverts dark-on-light images (polarity read from the border), autocontrasts, crops to the
+strokes, pads to 28x28 and normalises with the mean/std used here).
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ class ImageRecipe:
                 output=OUTPUT,
                 size=(SIZE, SIZE),
                 channels="L",
-                resize="pad",
-                invert=True,
+                resize="ink",  # crop to the strokes: digits anywhere on a canvas of any shape (docs/tasks.md)
+                invert="auto",  # polarity from the border: dark-on-light and light-on-dark both work
                 autocontrast=True,
                 mean=[mean],
                 std=[std],

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,8 +32,10 @@ from service.tasks.schema import (
     AudioRequest,
     EmbeddingRequest,
     ImageClassifyRequest,
+    AnomalyRequest,
     ModelListResponse,
     ModelSummary,
+    GenerationRequest,
     PredictResponse,
     TextClassifyRequest,
     silent_wav_base64,
@@ -52,11 +54,17 @@ ReturnTimestamps = Annotated[
 
 async def _options(
     top_k: TopK = None,
+ReturnReconstruction = Annotated[
+    bool | None,
+    Query(description="Anomaly detection: also return the input as seen, the reconstruction and an error map (PNG)."),
+]
     return_probabilities: ReturnProbabilities = None,
     return_timestamps: ReturnTimestamps = None,
 ) -> Options:
     return Options(
-        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps)
+        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps),
+        return_reconstruction=bool(return_reconstruction),
+    return_reconstruction: ReturnReconstruction = None,
     )
 
 
@@ -76,6 +84,10 @@ _PREDICT_DESCRIPTION = (
     "Options may be query parameters, multipart fields or JSON fields (the body wins). "
     "Models without a task section take tensors at `POST /v2/models/{name}/infer`."
 )
+    "* **anomaly-detection**: an image as for image-classification; `return_reconstruction` adds the "
+    "reconstruction and an error map as PNGs.\n"
+    "* **image-generation**: JSON `{\"labels\": [3, 7], \"count\": 2, \"seed\": 42}`; `Accept: image/png` "
+    "answers with one PNG grid (a row per class) instead of JSON.\n\n"
 
 
 JSON, MULTIPART, OCTET, TEXT = "application/json", "multipart/form-data", "application/octet-stream", "text/plain"
@@ -90,7 +102,13 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "audio-classification": (MULTIPART, JSON, *AUDIO_TYPES, OCTET),
 }
 """Content types each task accepts; anything else is a 415 that lists them."""
-JSON_REQUESTS: dict[str, type[ImageClassifyRequest | TextClassifyRequest | EmbeddingRequest | AudioRequest]] = {
+JSON_REQUESTS: dict[
+    str,
+    type[ImageClassifyRequest | TextClassifyRequest | EmbeddingRequest | AudioRequest | AnomalyRequest
+         | GenerationRequest],
+] = {
+    "anomaly-detection": (MULTIPART, JSON, *IMAGE_TYPES, OCTET),
+    "image-generation": (JSON,),
     "image-classification": ImageClassifyRequest,
     "text-classification": TextClassifyRequest,
     "embedding": EmbeddingRequest,
@@ -99,6 +117,8 @@ JSON_REQUESTS: dict[str, type[ImageClassifyRequest | TextClassifyRequest | Embed
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
+    "anomaly-detection": AnomalyRequest,
+    "image-generation": GenerationRequest,
     for code, text in [
         (400, "Bad input: the error says what was wrong (corrupt image, empty text, NaN samples, ...) and what "
               "is accepted; also a model without a task section"),
@@ -114,7 +134,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 """Every error a predict route answers with; the body is always {"error": ..., "code": ...}."""
 MAX_FILES = 64
 """Most files in one multipart request (a batch is bounded by max_batch_size anyway)."""
-_FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps")
+_FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps", "return_reconstruction")
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The task's JSON answer; image-generation with `Accept: image/png`: one PNG grid",
+          "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+    **_ERRORS,
+}
 
 
 async def read_payload(
@@ -159,13 +184,15 @@ async def _read_json(request: Request, task_type: str, options: Options, extra: 
         parsed = JSON_REQUESTS[task_type].model_validate(raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
-    for name in ("top_k", "return_probabilities", "return_timestamps"):
+    for name in ("top_k", "return_probabilities", "return_timestamps", "return_reconstruction"):
         value = getattr(parsed, name, None)
         if value is not None:
             setattr(options, name, value)
     if isinstance(parsed, TextClassifyRequest | EmbeddingRequest):
         return Payload(blobs=[], texts=parsed.items(), options=options)
     many = getattr(parsed, parsed.single_field) is None
+    if isinstance(parsed, GenerationRequest):
+        return Payload(blobs=[], texts=[], options=options, generation=parsed)
     blobs = [
         _from_base64(item, f"'{parsed.many_field}' item {i}" if many else f"'{parsed.single_field}'")
         for i, item in enumerate(parsed.items())
@@ -229,6 +256,9 @@ def _form_options(form: Any, options: Options) -> None:
 
 
 def _form_text(form: Any, name: str) -> str | None:
+    reconstruction = _form_text(form, "return_reconstruction")
+    if reconstruction:
+        options.return_reconstruction = _flag(reconstruction, "return_reconstruction")
     value = form.get(name)
     if value is None:
         return None
@@ -259,7 +289,9 @@ def openapi_body() -> dict[str, Any]:
             "return_timestamps": {"type": "boolean", "description": "Speech: word and character timestamps."},
         },
     }
-    requests = (ImageClassifyRequest, TextClassifyRequest, EmbeddingRequest, AudioRequest)
+    requests = (ImageClassifyRequest, TextClassifyRequest, EmbeddingRequest, AudioRequest, AnomalyRequest,
+                GenerationRequest)
+            "return_reconstruction": {"type": "boolean", "description": "Anomaly detection: reconstruction PNGs."},
     examples = {
         "image": {"summary": "image-classification: one base64 PNG", "value": {"image": PNG_1X1, "top_k": 3}},
         "text": {"summary": "text-classification or embedding: one text", "value": {"text": "what a lovely day"}},
@@ -270,6 +302,14 @@ def openapi_body() -> dict[str, Any]:
         "audio": {
             "summary": "speech-recognition: base64 WAV, with timestamps",
             "value": {"audio": silent_wav_base64(), "return_timestamps": True},
+        "generate": {
+            "summary": "image-generation: two 3s and two 7s, reproducibly",
+            "value": {"labels": [3, 7], "count": 2, "seed": 42},
+        },
+        "anomaly": {
+            "summary": "anomaly-detection: one base64 PNG, with its reconstruction",
+            "value": {"image": PNG_1X1, "return_reconstruction": True},
+        },
         },
     }
     content: dict[str, Any] = {
@@ -284,7 +324,7 @@ def openapi_body() -> dict[str, Any]:
 
 async def _predict(
     model: LoadedModel, request: Request, options: Options
-) -> PredictResponse:
+) -> PredictResponse | Response:
     task = model.config.task
     if task is None:
         raise InvalidInput(
@@ -296,16 +336,19 @@ async def _predict(
     return await PIPELINES[task.type](model, payload)
 
 
+    payload.options.image_grid = "image/png" in request.headers.get("accept", "").lower()
 @router.post(
     "/v1/models/{name}/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    summary="Classify an image or text, transcribe a recording, or embed texts",
+    summary="Classify an image or text, transcribe a recording, embed texts, score an anomaly or draw images",
     description=_PREDICT_DESCRIPTION,
     openapi_extra=openapi_body(),
-    responses=_ERRORS,
+    responses=_PREDICT_RESPONSES,
 )
-async def predict(name: str, request: Request, registry: RegistryDep, options: OptionsDep) -> PredictResponse:
+async def predict(
+    name: str, request: Request, registry: RegistryDep, options: OptionsDep
+) -> PredictResponse | Response:
     return await _predict(registry.get(name), request, options)
 
 
@@ -316,11 +359,11 @@ async def predict(name: str, request: Request, registry: RegistryDep, options: O
     summary="Predict with one version of a model",
     description=_PREDICT_DESCRIPTION,
     openapi_extra=openapi_body(),
-    responses=_ERRORS,
+    responses=_PREDICT_RESPONSES,
 )
 async def predict_version(
     name: str, version: str, request: Request, registry: RegistryDep, options: OptionsDep
-) -> PredictResponse:
+) -> PredictResponse | Response:
     return await _predict(registry.get(name, version), request, options)
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import shlex
 
+import orjson
+
 from service.errors import ServiceError
 from service.repository.config import (
+    AnomalyDetectionTask,
     AudioClassificationTask,
     EmbeddingTask,
     ImageClassificationTask,
+    ImageGenerationTask,
     SpeechRecognitionTask,
     TextClassificationTask,
 )
@@ -51,14 +55,37 @@ def _example(model: LoadedModel, url: str) -> tuple[str, dict[str, object], str]
     """(curl command, JSON body, description) for the model's task."""
     task = model.config.task
     target = shlex.quote(url)
-    if isinstance(task, ImageClassificationTask):
+    if isinstance(task, ImageClassificationTask | AnomalyDetectionTask):
         height, width = task.size
         words = (
             "one or more images (PNG, JPEG, WebP, BMP, GIF; the first frame of an animation): multipart field "
             "'file' (repeat it for several), a raw image body, or JSON {\"image\": base64} / {\"images\": [...]}; "
             f"each is brought to {height}x{width} {task.channels} ({task.resize})"
         )
+        if isinstance(task, AnomalyDetectionTask):
+            words += (
+                f"; answers a reconstruction-error score, anomalous above {task.threshold:.4g}, and with "
+                "return_reconstruction=true the reconstruction and an error map as PNGs"
+            )
+            curl = f"curl -F file=@image.png {shlex.quote(url + '?return_reconstruction=true')}"
+            return curl, {"image": PNG_1X1, "return_reconstruction": True}, words
         return f"curl -F file=@image.png {target}", {"image": PNG_1X1, "top_k": task.top_k}, words
+    if isinstance(task, ImageGenerationTask):
+        limit = min(task.max_count, model.config.max_batch_size or task.max_count)
+        if task.label_input is None:
+            body: dict[str, object] = {"count": 4, "seed": 42}
+            words = f"JSON {{\"count\": n, \"seed\": s}}: n images (at most {limit})"
+        else:
+            picks = list(range(min(2, len(task.labels))))
+            body = {"labels": picks, "count": 2, "seed": 42}
+            words = (
+                f"JSON {{\"labels\": [...], \"count\": n, \"seed\": s}}: n images of each class, by index 0-"
+                f"{len(task.labels) - 1} or name (unset: every class); at most {limit} in all"
+            )
+        words += "; the same seed gives the same images; Accept: image/png answers one PNG grid (a row per class)"
+        data = shlex.quote(orjson.dumps(body).decode())
+        curl = f"curl -H 'Content-Type: application/json' -H 'Accept: image/png' -d {data} -o grid.png {target}"
+        return curl, body, words
     if isinstance(task, TextClassificationTask | EmbeddingTask):
         policy = task.truncation if isinstance(task, TextClassificationTask) else "truncate"
         words = (
@@ -66,7 +93,7 @@ def _example(model: LoadedModel, url: str) -> tuple[str, dict[str, object], str]
             f"at most {task.max_length} tokens per text (longer: {policy})"
         )
         example = _example_text(model, task) if isinstance(task, TextClassificationTask) else EXAMPLE_TEXTS[0]
-        body: dict[str, object] = {"text": example}
+        body = {"text": example}
         data = shlex.quote(f'{{"text": "{example}"}}')
         return f"curl -H 'Content-Type: application/json' -d {data} {target}", body, words
     assert isinstance(task, SpeechRecognitionTask | AudioClassificationTask)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge
-from service.repository.config import ImageClassificationTask
+from service.repository.config import ImageInput
 from service.types import FloatArray
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
@@ -65,8 +65,8 @@ class DecodedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def decode_image(data: bytes, task: ImageClassificationTask, *, index: int = 0) -> DecodedImage:
-    """Decode, orient, convert, resize and normalise one image for `task`.
+def decode_image(data: bytes, task: ImageInput, *, index: int = 0) -> DecodedImage:
+    """Decode, orient, convert, resize and normalise one image for `task` (any image task's input).
 
     Raises InvalidInput (not an accepted image, corrupt, truncated, zero-size) or PayloadTooLarge
     (more than MAX_PIXELS pixels); `index` names the image in messages.
@@ -77,7 +77,12 @@ def decode_image(data: bytes, task: ImageClassificationTask, *, index: int = 0) 
     notes: list[str] = []
     image = _open(data, where, notes)
     image = _to_mode(image, task.channels, notes)
-    if task.invert:
+    invert = task.invert
+    if invert == "auto":
+        invert = light_ground(image)
+        if invert:
+            notes.append("light ground (from the border): inverted to light strokes on dark")
+    if invert:
         image = ImageOps.invert(image)
     if task.autocontrast:
         image = ImageOps.autocontrast(image)
@@ -206,8 +211,46 @@ def _to_uint8(image: Image.Image) -> npt.NDArray[np.uint8]:
     return (np.clip(pixels / scale, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _resize(image: Image.Image, task: ImageClassificationTask) -> Image.Image:
+def light_ground(image: Image.Image) -> bool:
+    """True when the image's ground is light, read from its border: the median of the outer ring
+    (about 4% of each side, at least one pixel) lies above the middle of the image's own range.
+
+    People draw and photograph digits dark on light (paper, a white canvas) and light on dark (a
+    blackboard, MNIST); the border is ground in both, unless strokes run off every edge.
+    """
+    pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    height, width = pixels.shape
+    ring_h, ring_w = max(1, round(height * 0.04)), max(1, round(width * 0.04))
+    mask = np.zeros(pixels.shape, dtype=bool)
+    mask[:ring_h, :] = mask[-ring_h:, :] = True
+    mask[:, :ring_w] = mask[:, -ring_w:] = True
+    ground = float(np.median(pixels[mask]))
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if hi == lo:  # a blank page is all ground: light when above mid-grey, so it arrives dark like any ground
+        return ground > 127.5
+    return ground > (lo + hi) / 2
+
+
+def _crop_to_ink(image: Image.Image) -> Image.Image:
+    """The strokes' bounding box (pixels above a quarter of the range), padded to a square with a
+    margin so the strokes fill ~20/28 of the side like MNIST's framing; a blank image is kept whole."""
+    pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    lo, hi = float(pixels.min()), float(pixels.max())
+    ys, xs = np.nonzero(pixels > lo + (hi - lo) * 0.25) if hi > lo else (np.array([]), np.array([]))
+    if len(xs) == 0:
+        return image
+    left, right, top, bottom = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    side = max(right - left, bottom - top) * 28 / 20
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    box = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+    return image.crop(box)  # outside the image Pillow fills with 0: black ground, as after invert
+
+
+def _resize(image: Image.Image, task: ImageInput) -> Image.Image:
     height, width = task.size
+    if task.resize == "ink":
+        image = _crop_to_ink(image)
+        return ImageOps.pad(image, (width, height), method=Image.Resampling.BILINEAR, color=0)
     if image.size == (width, height):
         return image
     if task.resize == "center-crop":
@@ -218,7 +261,7 @@ def _resize(image: Image.Image, task: ImageClassificationTask) -> Image.Image:
     return image.resize((width, height), Image.Resampling.BILINEAR)
 
 
-def _normalise(image: Image.Image, task: ImageClassificationTask) -> FloatArray:
+def _normalise(image: Image.Image, task: ImageInput) -> FloatArray:
     pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]  # (H, W) -> (H, W, 1)

@@ -13,7 +13,7 @@ import io
 import wave
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
 """A 1x1 grayscale PNG, base64: the image example, which every image model can decode."""
@@ -107,6 +107,38 @@ class AudioRequest(_OneOrMany):
     """Audio classification: also return every label's score."""
     return_timestamps: bool | None = None
     """Speech recognition: also return word and character timestamps."""
+
+
+class AnomalyRequest(_OneOrMany):
+    """Images as base64 (optionally a `data:image/...;base64,` URL), scored by an autoencoder."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image": PNG_1X1, "return_reconstruction": True}]}
+    )
+    single_field, many_field = "image", "images"
+    image: str | None = None
+    """One image, base64-encoded PNG, JPEG, WebP, BMP or GIF."""
+    images: list[str] | None = None
+    """Several images; they are scored as one batch."""
+    return_reconstruction: bool | None = None
+    """Also return, per image, what the model saw, its reconstruction and a per-pixel error map (PNG, base64)."""
+
+
+MAX_SEED = 2**63 - 1
+
+
+class GenerationRequest(_Request):
+    """What to draw: which classes, how many of each, and the seed that makes it reproducible."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"labels": [3, 7], "count": 2, "seed": 42}]}
+    )
+    labels: list[StrictInt | str] | None = Field(None, min_length=1)
+    """Classes to draw, by index (3) or name ("3"); conditional models only. Unset: every class."""
+    count: StrictInt = Field(1, ge=1)
+    """Images per requested class (for an unconditional model: images in all)."""
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
+    """Seed of the noise: the same seed and request give the same images. Unset: a random seed, returned."""
 
 
 # ---- responses ----------------------------------------------------------------------------------------
@@ -216,8 +248,59 @@ class EmbeddingResponse(TaskResponse):
     """Per text: true when it was cut to the model's max_length."""
 
 
+class AnomalyPrediction(BaseModel):
+    score: float
+    """Reconstruction error (the task's `score`: mean squared or absolute difference); higher is stranger."""
+    is_anomaly: bool
+    """score > threshold."""
+    threshold: float
+    """The model's calibrated threshold."""
+    input: str | None = None
+    """With `return_reconstruction`: the image as the model saw it (after resizing, polarity), base64 PNG."""
+    reconstruction: str | None = None
+    """With `return_reconstruction`: the model's reconstruction, base64 PNG."""
+    error_map: str | None = None
+    """With `return_reconstruction`: per-pixel absolute error as a heat map (black 0, white 1), base64 PNG."""
+    notes: list[str] = []
+    """What was changed to make the image fit (conversions, first frame of an animation, EXIF rotation)."""
+
+
+class AnomalyResponse(TaskResponse):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "autoencoder", "version": "1", "task": "anomaly-detection", "false_positive_rate": 0.01,
+        "predictions": [{"score": 0.012, "is_anomaly": False, "threshold": 0.031, "notes": []}],
+    }]})
+    task: Literal["anomaly-detection"] = "anomaly-detection"
+    false_positive_rate: float | None = None
+    """Share of normal calibration images above the threshold, when the config states it."""
+    predictions: list[AnomalyPrediction]
+    """One per image, in request order."""
+
+
+class GeneratedImage(BaseModel):
+    label: str | None
+    """The class it was drawn as (null for unconditional models)."""
+    png: str
+    """The image, base64 PNG."""
+
+
+class GenerationResponse(TaskResponse):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "gan", "version": "1", "task": "image-generation", "seed": 42, "width": 28, "height": 28,
+        "images": [{"label": "3", "png": PNG_1X1}],
+    }]})
+    task: Literal["image-generation"] = "image-generation"
+    seed: int
+    """The seed used (send it back to get the same images)."""
+    width: int
+    height: int
+    images: list[GeneratedImage]
+    """Per requested class in request order, `count` images each."""
+
+
 PredictResponse = (
     ImageClassifyResponse | TextClassifyResponse | TranscribeResponse | AudioClassifyResponse | EmbeddingResponse
+    | AnomalyResponse | GenerationResponse
 )
 
 
