@@ -73,10 +73,7 @@ def _list(console: Console) -> int:
 def _build(args: argparse.Namespace, console: Console) -> int:
     recipes = load_recipes()
     errors = import_errors()
-    # opt-in families (in_default_build = False, e.g. minilm) are built only when named
-    wanted = list(dict.fromkeys(args.families)) or [
-        name for name, recipe in recipes.items() if getattr(recipe, "in_default_build", True)
-    ]
+    wanted = list(dict.fromkeys(args.families)) or list(recipes)
     unknown = [f for f in wanted if f not in recipes]
     if unknown:
         broken = "".join(f"\n  {m} failed to import: {e}" for m, e in errors.items())

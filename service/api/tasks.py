@@ -29,13 +29,13 @@ from service.tasks.catalog import describe
 from service.tasks.pipeline import PIPELINES, Options, Payload
 from service.tasks.schema import (
     PNG_1X1,
+    AnomalyRequest,
     AudioRequest,
     EmbeddingRequest,
+    GenerationRequest,
     ImageClassifyRequest,
-    AnomalyRequest,
     ModelListResponse,
     ModelSummary,
-    GenerationRequest,
     PredictResponse,
     TextClassifyRequest,
     silent_wav_base64,
@@ -51,20 +51,20 @@ ReturnProbabilities = Annotated[
 ReturnTimestamps = Annotated[
     bool | None, Query(description="Also return word and character timestamps (speech recognition).")
 ]
-
-async def _options(
-    top_k: TopK = None,
 ReturnReconstruction = Annotated[
     bool | None,
     Query(description="Anomaly detection: also return the input as seen, the reconstruction and an error map (PNG)."),
 ]
+
+async def _options(
+    top_k: TopK = None,
     return_probabilities: ReturnProbabilities = None,
     return_timestamps: ReturnTimestamps = None,
+    return_reconstruction: ReturnReconstruction = None,
 ) -> Options:
     return Options(
         top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps),
         return_reconstruction=bool(return_reconstruction),
-    return_reconstruction: ReturnReconstruction = None,
     )
 
 
@@ -81,13 +81,13 @@ _PREDICT_DESCRIPTION = (
     "* **speech-recognition**, **audio-classification**: multipart field `file`, a raw body "
     "(`audio/wav`, `audio/flac`, `audio/ogg`, `audio/mpeg`, `audio/webm`, `audio/mp4`, `application/octet-stream`) "
     "or JSON `{\"audio\": base64}`: WAV, FLAC, Ogg (Vorbis, Opus), MP3, WebM/Opus, MP4/AAC.\n\n"
-    "Options may be query parameters, multipart fields or JSON fields (the body wins). "
-    "Models without a task section take tensors at `POST /v2/models/{name}/infer`."
-)
     "* **anomaly-detection**: an image as for image-classification; `return_reconstruction` adds the "
     "reconstruction and an error map as PNGs.\n"
     "* **image-generation**: JSON `{\"labels\": [3, 7], \"count\": 2, \"seed\": 42}`; `Accept: image/png` "
     "answers with one PNG grid (a row per class) instead of JSON.\n\n"
+    "Options may be query parameters, multipart fields or JSON fields (the body wins). "
+    "Models without a task section take tensors at `POST /v2/models/{name}/infer`."
+)
 
 
 JSON, MULTIPART, OCTET, TEXT = "application/json", "multipart/form-data", "application/octet-stream", "text/plain"
@@ -100,6 +100,8 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "embedding": (JSON, TEXT),
     "speech-recognition": (MULTIPART, JSON, *AUDIO_TYPES, OCTET),
     "audio-classification": (MULTIPART, JSON, *AUDIO_TYPES, OCTET),
+    "anomaly-detection": (MULTIPART, JSON, *IMAGE_TYPES, OCTET),
+    "image-generation": (JSON,),
 }
 """Content types each task accepts; anything else is a 415 that lists them."""
 JSON_REQUESTS: dict[
@@ -107,18 +109,16 @@ JSON_REQUESTS: dict[
     type[ImageClassifyRequest | TextClassifyRequest | EmbeddingRequest | AudioRequest | AnomalyRequest
          | GenerationRequest],
 ] = {
-    "anomaly-detection": (MULTIPART, JSON, *IMAGE_TYPES, OCTET),
-    "image-generation": (JSON,),
     "image-classification": ImageClassifyRequest,
     "text-classification": TextClassifyRequest,
     "embedding": EmbeddingRequest,
     "speech-recognition": AudioRequest,
     "audio-classification": AudioRequest,
+    "anomaly-detection": AnomalyRequest,
+    "image-generation": GenerationRequest,
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    "anomaly-detection": AnomalyRequest,
-    "image-generation": GenerationRequest,
     for code, text in [
         (400, "Bad input: the error says what was wrong (corrupt image, empty text, NaN samples, ...) and what "
               "is accepted; also a model without a task section"),
@@ -132,14 +132,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     ]
 }
 """Every error a predict route answers with; the body is always {"error": ..., "code": ...}."""
-MAX_FILES = 64
-"""Most files in one multipart request (a batch is bounded by max_batch_size anyway)."""
-_FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps", "return_reconstruction")
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The task's JSON answer; image-generation with `Accept: image/png`: one PNG grid",
           "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
     **_ERRORS,
 }
+MAX_FILES = 64
+"""Most files in one multipart request (a batch is bounded by max_batch_size anyway)."""
+_FORM_FIELDS = ("file", "top_k", "return_probabilities", "return_timestamps", "return_reconstruction")
 
 
 async def read_payload(
@@ -188,11 +188,11 @@ async def _read_json(request: Request, task_type: str, options: Options, extra: 
         value = getattr(parsed, name, None)
         if value is not None:
             setattr(options, name, value)
+    if isinstance(parsed, GenerationRequest):
+        return Payload(blobs=[], texts=[], options=options, generation=parsed)
     if isinstance(parsed, TextClassifyRequest | EmbeddingRequest):
         return Payload(blobs=[], texts=parsed.items(), options=options)
     many = getattr(parsed, parsed.single_field) is None
-    if isinstance(parsed, GenerationRequest):
-        return Payload(blobs=[], texts=[], options=options, generation=parsed)
     blobs = [
         _from_base64(item, f"'{parsed.many_field}' item {i}" if many else f"'{parsed.single_field}'")
         for i, item in enumerate(parsed.items())
@@ -253,12 +253,12 @@ def _form_options(form: Any, options: Options) -> None:
     timestamps = _form_text(form, "return_timestamps")
     if timestamps:
         options.return_timestamps = _flag(timestamps, "return_timestamps")
-
-
-def _form_text(form: Any, name: str) -> str | None:
     reconstruction = _form_text(form, "return_reconstruction")
     if reconstruction:
         options.return_reconstruction = _flag(reconstruction, "return_reconstruction")
+
+
+def _form_text(form: Any, name: str) -> str | None:
     value = form.get(name)
     if value is None:
         return None
@@ -287,11 +287,11 @@ def openapi_body() -> dict[str, Any]:
             "top_k": {"type": "integer", "minimum": 1, "description": "Labels per item."},
             "return_probabilities": {"type": "boolean", "description": "Also return every label's score."},
             "return_timestamps": {"type": "boolean", "description": "Speech: word and character timestamps."},
+            "return_reconstruction": {"type": "boolean", "description": "Anomaly detection: reconstruction PNGs."},
         },
     }
     requests = (ImageClassifyRequest, TextClassifyRequest, EmbeddingRequest, AudioRequest, AnomalyRequest,
                 GenerationRequest)
-            "return_reconstruction": {"type": "boolean", "description": "Anomaly detection: reconstruction PNGs."},
     examples = {
         "image": {"summary": "image-classification: one base64 PNG", "value": {"image": PNG_1X1, "top_k": 3}},
         "text": {"summary": "text-classification or embedding: one text", "value": {"text": "what a lovely day"}},
@@ -299,9 +299,6 @@ def openapi_body() -> dict[str, Any]:
             "summary": "text-classification: several texts, every score",
             "value": {"texts": ["what a lovely day", "this is awful"], "return_probabilities": True},
         },
-        "audio": {
-            "summary": "speech-recognition: base64 WAV, with timestamps",
-            "value": {"audio": silent_wav_base64(), "return_timestamps": True},
         "generate": {
             "summary": "image-generation: two 3s and two 7s, reproducibly",
             "value": {"labels": [3, 7], "count": 2, "seed": 42},
@@ -310,6 +307,9 @@ def openapi_body() -> dict[str, Any]:
             "summary": "anomaly-detection: one base64 PNG, with its reconstruction",
             "value": {"image": PNG_1X1, "return_reconstruction": True},
         },
+        "audio": {
+            "summary": "speech-recognition: base64 WAV, with timestamps",
+            "value": {"audio": silent_wav_base64(), "return_timestamps": True},
         },
     }
     content: dict[str, Any] = {
@@ -333,10 +333,10 @@ async def _predict(
             "(or add a task section)"
         )
     payload = await read_payload(request, task.type, options)
+    payload.options.image_grid = "image/png" in request.headers.get("accept", "").lower()
     return await PIPELINES[task.type](model, payload)
 
 
-    payload.options.image_grid = "image/png" in request.headers.get("accept", "").lower()
 @router.post(
     "/v1/models/{name}/predict",
     response_model=PredictResponse,
