@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
 import json
 import os
@@ -241,8 +242,13 @@ def tweet_deletion(client: httpx.Client, count: int) -> dict[str, Any]:
         random_drops.append(probs[0] - probs[2])
         flips += predicted.json()["predictions"][1]["labels"][0]["label"] != predicted.json()["predictions"][0]["labels"][0]["label"]
     return {"items": len(pairs), "test_split_size": len(data.test), "top_drop": float(np.mean(top_drops)),
-            "random_drop": float(np.mean(random_drops)),
-            "ratio": float(np.mean(top_drops) / max(np.mean(random_drops), 1e-12)), "top_word_flips": flips}
+            "random_drop": float(np.mean(random_drops)), "ratio": _ratio(top_drops, random_drops),
+            "top_word_flips": flips}
+
+
+def _ratio(top: list[float], rand: list[float]) -> float | None:
+    """mean(top) / mean(random); None when random deletions do not lower the score on average."""
+    return float(np.mean(top) / np.mean(rand)) if rand and np.mean(rand) > 0 else None
 
 
 def _delete(text: str, word: dict[str, Any]) -> str:
@@ -304,7 +310,7 @@ def speech_deletion(client: httpx.Client, count: int) -> dict[str, Any]:
             inside = [i for i, c in enumerate(curve) if c["end_s"] > word["start_s"] and c["start_s"] < word["end_s"]]
             if inside:
                 chosen.append(max(inside, key=lambda i: curve[i]["score"]))
-        if not chosen:
+        if not chosen:  # nothing transcribed: no word to take a window from
             continue
         random_windows = rng.choice(len(curve), size=len(chosen), replace=False) if len(curve) >= len(chosen) else []
         variants = [samples, _silence(samples, curve, chosen), _silence(samples, curve, list(random_windows))]
@@ -313,9 +319,10 @@ def speech_deletion(client: httpx.Client, count: int) -> dict[str, Any]:
         base = _cer(ref, texts[0])
         top_increase.append(_cer(ref, texts[1]) - base)
         random_increase.append(_cer(ref, texts[2]) - base)
-    return {"items": len(top_increase), "top_cer_increase": float(np.mean(top_increase)),
-            "random_cer_increase": float(np.mean(random_increase)),
-            "ratio": float(np.mean(top_increase) / max(np.mean(random_increase), 1e-12)),
+    if not top_increase:
+        return {"items": 0, "recordings": len(audios), "note": "the model transcribed no word of any recording"}
+    return {"items": len(top_increase), "recordings": len(audios), "top_cer_increase": float(np.mean(top_increase)),
+            "random_cer_increase": float(np.mean(random_increase)), "ratio": _ratio(top_increase, random_increase),
             "explain_p50_ms": 1000 * statistics.median(times),
             "mean_duration_s": float(np.mean([a.size / 16000 for a in audios]))}
 
@@ -388,6 +395,121 @@ async def _predict_under_explanations(url: str, digit: bytes, seconds: float) ->
         return statistics.mean(results[False]), statistics.mean(results[True])
 
 
+# ---- pictures for docs/explanations.md -------------------------------------------------------------
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def drawn_digit(digit: str, size: int = 280) -> bytes:
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (size, size), (245, 242, 236))
+    ImageDraw.Draw(page).text((size // 2, size // 2), digit, fill=(30, 30, 60), font=_font(int(size * 0.8)),
+                              anchor="mm", stroke_width=size // 40, stroke_fill=(30, 30, 60))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _colour(score: float, peak: float) -> tuple[int, int, int]:
+    strength = min(1.0, abs(score) / peak) if peak > 0 else 0.0
+    target = (220, 30, 30) if score >= 0 else (30, 90, 230)
+    return tuple(int(255 + (c - 255) * 0.85 * strength) for c in target)  # type: ignore[return-value]
+
+
+def sentence_png(words: list[dict[str, Any]], title: str) -> bytes:
+    """Each word on a background red (pushes towards the label) or blue (away), by |score|."""
+    from PIL import Image, ImageDraw
+
+    font, small = _font(26), _font(16)
+    peak = max(abs(w["score"]) for w in words)
+    widths = [int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(w["text"], font=font)) + 12 for w in words]
+    width = max(600, sum(widths) + 6 * len(words) + 20)
+    page = Image.new("RGB", (width, 110), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((10, 8), title, fill=(40, 40, 40), font=small)
+    x = 10
+    for word, w in zip(words, widths, strict=True):
+        draw.rectangle((x, 40, x + w, 80), fill=_colour(word["score"], peak))
+        draw.text((x + 6, 45), word["text"], fill="black", font=font)
+        draw.text((x + 4, 84), f"{word['score']:+.2f}", fill=(90, 90, 90), font=small)
+        x += w + 6
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def recording_png(body: dict[str, Any], samples: np.ndarray) -> bytes:
+    """The waveform, each 0.1 s window's score as a bar, each word's score as a labelled span."""
+    from PIL import Image, ImageDraw
+
+    width, height, left = 900, 300, 20
+    duration = samples.size / 16000
+    page = Image.new("RGB", (width + 2 * left, height), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((left, 6), f"'{body['transcript']}': {body['explained']}", fill=(40, 40, 40), font=_font(15))
+
+    def x(t: float) -> int:
+        return left + int(width * t / duration)
+
+    step = max(1, samples.size // width)  # waveform envelope, top band
+    for i in range(width):
+        chunk = samples[i * step:(i + 1) * step]
+        if chunk.size:
+            amp = float(np.max(np.abs(chunk)))
+            draw.line((left + i, 70 - 35 * amp, left + i, 70 + 35 * amp), fill=(150, 150, 150))
+    scores = [c["score"] for c in body["curve"]] + [w["score"] for w in body["words"]]
+    peak = max(max(abs(v) for v in scores), 1e-9)
+    base = 190
+    draw.line((left, base, left + width, base), fill=(0, 0, 0))
+    curve_peak = max([abs(c["score"]) for c in body["curve"]] + [1e-9])
+    for c in body["curve"]:  # window bars, middle band: red raises the transcript's log-probability
+        h = 70 * c["score"] / curve_peak
+        draw.rectangle((x(c["start_s"]) + 1, min(base, base - h), x(c["end_s"]) - 1, max(base, base - h)),
+                       fill=(220, 30, 30) if h >= 0 else (30, 90, 230))
+    for w in body["words"]:  # word spans, bottom band
+        draw.rectangle((x(w["start_s"]), 225, x(w["end_s"]), 255), fill=_colour(w["score"], peak), outline=(60, 60, 60))
+        draw.text((x(w["start_s"]) + 3, 228), w["text"], fill="black", font=_font(18))
+        draw.text((x(w["start_s"]) + 3, 262), f"{w['score']:+.1f}", fill=(90, 90, 90), font=_font(14))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def docs_pictures(client: httpx.Client, folder: Path, recording: Path | None) -> dict[str, Any]:
+    """The pictures and example answers docs/explanations.md shows, made by the running server."""
+    folder.mkdir(parents=True, exist_ok=True)
+    examples: dict[str, Any] = {}
+    seven = drawn_digit("7")
+    (folder / "digit-7-input.png").write_bytes(seven)
+    for method in ("occlusion", "kernel-shap"):
+        body = client.post(f"/v1/models/cnn/explain?method={method}", content=seven,
+                           headers={"content-type": "image/png"}).json()
+        (folder / f"digit-7-{method}.png").write_bytes(base64.b64decode(body["heatmap_png"]))
+        examples[f"cnn_{method}"] = {k: v for k, v in body.items()
+                                     if k not in ("attributions", "image_attributions", "heatmap_png")}
+    sentence = "worst customer service ever, rude staff and my bag is lost again"
+    body = client.post("/v1/models/text/explain", json={"text": sentence, "target": "negative"}).json()
+    (folder / "sentence.png").write_bytes(sentence_png(body["words"], f"text model: {body['explained']}, "
+                                                                      f"KernelSHAP, {body['evaluations']} evaluations"))
+    examples["text"] = body
+    if recording is not None:
+        samples, rate = soundfile.read(recording, dtype="float32")
+        body = client.post("/v1/models/speech/explain", content=recording.read_bytes(),
+                           headers={"content-type": "audio/wav"}).json()
+        import soxr
+
+        mono = soxr.resample(samples, rate, 16000) if rate != 16000 else samples
+        (folder / "recording.png").write_bytes(recording_png(body, np.asarray(mono, dtype=np.float32)))
+        examples["speech"] = body
+    (folder / "examples.json").write_text(json.dumps(examples, indent=2))
+    return examples
+
+
 # ---- main -----------------------------------------------------------------------------------------
 
 
@@ -395,7 +517,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=Path("/tmp/demo_full"), help="repository with cnn, mlp")
     parser.add_argument("--repo", type=Path, default=Path("/tmp/demo_quick"), help="repository with text, speech")
-    parser.add_argument("--only", choices=["faithfulness", "sanity", "speed"], action="append")
+    parser.add_argument("--only", choices=["faithfulness", "sanity", "speed", "docs"], action="append")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "explanations", help="where --only docs writes")
+    parser.add_argument("--recording", type=Path, help="a WAV for the docs' speech picture")
     parser.add_argument("--digits", type=int, default=200)
     parser.add_argument("--tweets", type=int, default=500)
     parser.add_argument("--recordings", type=int, default=30)
@@ -423,6 +547,9 @@ def main() -> None:
                 if "sanity" in parts:
                     results["sanity_cnn"] = sanity(client, pngs[: args.sanity_digits])
                     print(json.dumps({"sanity_cnn": results["sanity_cnn"]}), flush=True)
+                if "docs" in parts:
+                    docs_pictures(client, args.docs, args.recording)
+                    return
                 if "speed" in parts:
                     results["speed"] = speed(client, server.url, pngs[0], args.seconds, args.repeats)
                     print(json.dumps({"speed": results["speed"]}), flush=True)

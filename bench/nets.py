@@ -8,8 +8,8 @@ an attention mask (both INT64), pooled first token -> 2 classes.
 2x128 bidirectional GRU and per-frame logits over 30 characters.
 Weights are random: the benchmark measures serving speed, not accuracy.
 
-Every model's `config.yaml` pins ONNX Runtime to 2 intra-op threads, as the PyTriton peer and the raw
-runs in `bench/run.py` do, so the three compare the same session.
+Every model's `config.yaml` pins ONNX Runtime to 2 intra-op threads (spinning off, deepserve's default),
+as the PyTriton peer and the raw runs in `bench/run.py` do, so the three compare the same session.
 """
 
 from __future__ import annotations

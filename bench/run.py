@@ -64,6 +64,7 @@ class Raw:
             options = ort.SessionOptions()
             options.intra_op_num_threads = THREADS
             options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as deepserve's default
             self.sessions[model.name] = ort.InferenceSession(
                 str(self.repo / model.name / "1" / "model.onnx"), sess_options=options, providers=self.providers)
         return self.sessions[model.name]
@@ -181,6 +182,9 @@ def pytriton(repo: Path, log_dir: Path, models: list[str]) -> Iterator[str | Non
         log.close()
 
 
+SESSIONS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]:
     """`python -m service serve` on `port` (loopback) with the given DEEPSERVE_* overrides."""
@@ -190,6 +194,7 @@ def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str]) -> Iter
     process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=full_env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    SESSIONS[url] = process.pid  # its own session: workers and codec processes share its id
     try:
         wait_ready(url, process, timeout=300)
         yield url
@@ -346,6 +351,47 @@ def speed(args: argparse.Namespace) -> None:
     (out / "speed.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "raw_sweeps": sweeps}, indent=2))
 
 
+# ---- CPU per request: what a code change costs, robust to a shared machine --------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads (children excluded), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost(args: argparse.Namespace) -> None:
+    """Server CPU time per request (all threads, so ONNX Runtime's too) for deepserve and each --variant,
+    one server at a time: the machine's other load changes how fast requests finish, much less what
+    each one costs the server."""
+    from nets import build
+
+    repo = HERE / ".repo"
+    build(repo)
+    variants = {"deepserve": "", **dict(v.split(":", 1) for v in args.variant)}
+    lines = ["| server | model | body | c | server CPU µs / request | req/s |", "|---|---|---|---|---|---|"]
+    for name, spec in variants.items():
+        env = dict(pair.split("=", 1) for pair in spec.split(",") if pair)
+        with tempfile.TemporaryDirectory() as logs, deepserve(repo, Path(logs), DEEPSERVE_PORT, env) as url:
+            pids = [int(p) for p in subprocess.run(["pgrep", "-s", str(SESSIONS[url])], capture_output=True,
+                                                   text=True).stdout.split()]
+            for model_name in args.models:
+                model = MODELS[model_name]
+                for body_kind in args.bodies:
+                    body = json_body(model) if body_kind == "json" else binary_body(model)
+                    target = f"{url}/v2/models/{model_name}/infer"
+                    for c in args.concurrency:
+                        wrk(target, body, concurrency=c, seconds=1)
+                        before = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
+                        run = wrk(target, body, concurrency=c, seconds=args.seconds)
+                        spent = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - before
+                        per = 1e6 * spent / max(run.rps * round(args.seconds), 1)
+                        line = f"| {name} | {model_name} | {body_kind} | {c} | {per:.0f} | {run.rps:.0f} |"
+                        print(line, flush=True)
+                        lines.append(line)
+    print("\n".join(lines))
+
+
 # ---- GPU: deepserve vs raw ONNX Runtime on the CUDA provider (bench/gpu.sh) ----------------------------
 
 GPU_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -453,13 +499,16 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=V[,ENV=V]",
                         help="also run deepserve with these DEEPSERVE_* settings as column NAME")
     parser.add_argument("--no-pytriton", action="store_true", help="leave the PyTriton peer out")
+    parser.add_argument("--cost", action="store_true", help="server CPU time per request instead of the table")
     parser.add_argument("--gpu", action="store_true", help="the CUDA run of bench/gpu.sh instead of the CPU table")
     parser.add_argument("--allow-cpu", action="store_true", help="with --gpu: run on CPU (checks the script only)")
     parser.add_argument("--rss", metavar="REPO", help="measure the server's RSS serving REPO instead of speed")
     parser.add_argument("--soak", type=float, default=0, help="with --rss: seconds of load (wrk, c=32)")
     parser.add_argument("--soak-model", default="mlp", help="with --soak: model in REPO to load (1x28x28 input)")
     args = parser.parse_args()
-    if args.gpu:
+    if args.cost:
+        cost(args)
+    elif args.gpu:
         gpu(args)
     elif args.rss:
         memory(args)

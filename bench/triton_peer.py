@@ -6,7 +6,7 @@ Run with the PyTriton venv's Python (see `bench/setup_pytriton.sh`), never the p
 
 Serves every model of the bench repository written by `bench/nets.py` (REPO/<name>/1/model.onnx and
 its config.yaml's max_batch_size) under its own name, with the same ONNX Runtime session options as
-deepserve's config (2 intra-op threads, 1 inter-op thread, all graph optimisations), one model
+deepserve's config (2 intra-op threads, 1 inter-op thread, no spinning, all graph optimisations), one model
 instance, PyTriton's `@batch` decorator and Triton's `DynamicBatcher` with the same 2 ms queue delay.
 Prints "ready" on stdout once Triton answers, then serves until SIGTERM/SIGINT.
 """
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("repo", type=Path)
     parser.add_argument("--port", type=int, default=58100, help="HTTP port; gRPC and metrics use the next two")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--spinning", action="store_true", help="let ORT's intra-op threads spin (ORT's default)")
     parser.add_argument("--delay-us", type=int, default=2000, help="DynamicBatcher max_queue_delay_microseconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -60,6 +61,8 @@ def main() -> None:
             options = ort.SessionOptions()
             options.intra_op_num_threads = args.threads
             options.inter_op_num_threads = 1
+            if not args.spinning:  # deepserve's default (config intra_op_spinning: false)
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(folder / "1" / "model.onnx"), sess_options=options,
                                            providers=["CPUExecutionProvider"])
             match = re.search(r"max_batch_size:\s*(\d+)", (folder / "config.yaml").read_text())

@@ -73,7 +73,10 @@ def _list(console: Console) -> int:
 def _build(args: argparse.Namespace, console: Console) -> int:
     recipes = load_recipes()
     errors = import_errors()
-    wanted = list(dict.fromkeys(args.families)) or list(recipes)
+    # opt-in families (in_default_build = False, e.g. minilm) are built only when named
+    wanted = list(dict.fromkeys(args.families)) or [
+        name for name, recipe in recipes.items() if getattr(recipe, "in_default_build", True)
+    ]
     unknown = [f for f in wanted if f not in recipes]
     if unknown:
         broken = "".join(f"\n  {m} failed to import: {e}" for m, e in errors.items())

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +114,7 @@ def is_open(method: str, path: str) -> bool:
 
 
 def is_admin_path(path: str) -> bool:
-    """Anything naming the repository API, wherever it appears (a mount prefix, doubled slashes)."""
-    path = re.sub(r"/{2,}", "/", path)
-    return path.endswith(ADMIN_PREFIX) or ADMIN_PREFIX + "/" in path
-
-
-def route_path(scope: Scope) -> str:
-    """The path the router matches: without the app's `root_path` when the server puts it in `path`."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root):] or "/" if root and path.startswith(root) else path
+    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -149,7 +139,7 @@ class AccessControl:
         if scope["type"] != "http" or not creds.enabled:
             await self.app(scope, receive, send)
             return
-        path = route_path(scope)
+        path: str = scope["path"]
         if is_open(scope["method"], path):
             await self.app(scope, receive, send)
             return

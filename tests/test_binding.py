@@ -18,7 +18,7 @@ from onnx_models import batch_size_model, classifier_model, classifier_weights, 
 
 from service.repository.config import ModelConfig
 from service.runtime import binding
-from service.runtime.session import OnnxSession
+from service.runtime.session import OnnxSession, session_options
 
 CPU = "CPUExecutionProvider"
 
@@ -161,3 +161,10 @@ async def test_binary_answers_are_identical_with_io_binding_and_fixed_buckets(re
     np.testing.assert_allclose(bodies["plain"].reshape(3, 3), x @ w + b, rtol=1e-5)
     assert np.array_equal(bodies["bound"], bodies["plain"])
     np.testing.assert_allclose(bodies["graph"], bodies["plain"], rtol=1e-6)
+
+
+def test_intra_op_spinning_is_off_unless_configured() -> None:
+    key = "session.intra_op.allow_spinning"
+    assert session_options(ModelConfig()).get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ORT's default (spinning)
+        session_options(ModelConfig(intra_op_spinning=True)).get_session_config_entry(key)

@@ -10,22 +10,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 import soundfile
+from asgi_lifespan import LifespanManager
 from conftest import AppClient
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import classifier_model, write_model
 from PIL import Image
 from task_models import spell, write_image_model, write_speech_model, write_text_model
 
+from service.app import create_app
 from service.explain.image import grid
+from service.settings import Settings
 
 CPU = {"providers": ["CPUExecutionProvider"]}
 SIZE = 16
@@ -307,3 +313,63 @@ async def test_the_openapi_document_declares_explain_with_examples(repo: Path, a
     for name in ("ImageExplanation", "TextExplanation", "AudioExplanation"):
         assert schemas[name]["examples"], name
     assert "/v1/models/{name}/versions/{version}/explain" in document["paths"]
+
+
+# ---- a client that goes away ------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, model: str) -> float:
+    found = re.search(rf'^{name}\{{model="{model}",version="1"\}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_a_client_that_disconnects_cancels_its_queued_explanation(repo: Path) -> None:
+    """A slow v2 request holds the model's one instance; an explanation queues behind it, then its client
+    disconnects (raw ASGI: the body, then `http.disconnect`). None of its copies is ever computed."""
+    write_image_model(repo, "slow", slow=True, max_batch_size=8)
+    app = create_app(Settings(model_repository=repo, **CPU))
+    blocker_body = {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [2500.0] * 784}]}
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://deepserve", timeout=60) as client:
+            async def count(name: str) -> float:
+                return metric((await client.get("/metrics")).text, name, "slow")
+
+            batches, items = await count("deepserve_batch_size_count"), await count("deepserve_batch_size_sum")
+            blocker = asyncio.create_task(client.post("/v2/models/slow/infer", json=blocker_body))
+            async with asyncio.timeout(20):
+                while await count("deepserve_queue_duration_seconds_count") == 0:  # the blocker computes
+                    await asyncio.sleep(0.01)
+            gone, sent = asyncio.Event(), []
+            body = png(np.full((28, 28), 128))
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if messages:
+                    return messages.pop()
+                await gone.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/v1/models/slow/explain", "raw_path": b"/v1/models/slow/explain",
+                     "query_string": b"method=occlusion", "root_path": "", "client": ("127.0.0.1", 1),
+                     "server": ("deepserve", 80), "state": {},
+                     "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]}
+            call = asyncio.create_task(manager.app(scope, receive, send))
+            async with asyncio.timeout(20):
+                while await count("deepserve_queue_depth") == 0:  # its copies wait behind the blocker
+                    await asyncio.sleep(0.01)
+            assert not blocker.done()
+            gone.set()
+            await asyncio.wait_for(call, 20)
+            assert sent[0]["status"] == 499
+            assert (await blocker).status_code == 200
+            after = await client.post("/v1/models/slow/predict", content=png(np.zeros((28, 28))),
+                                      headers={"content-type": "image/png"})
+            assert after.status_code == 200
+            # the blocker and the predict ran; not one of the explanation's 51 copies did
+            assert await count("deepserve_batch_size_count") - batches == 2.0
+            assert await count("deepserve_batch_size_sum") - items == 2.0

@@ -33,12 +33,12 @@ HEADER = "Inference-Header-Content-Length"
 CPU: dict[str, Any] = {"providers": ["CPUExecutionProvider"]}
 
 
-def reshape_model() -> Any:
-    """x FP32 [B, n] -> y = reshape(x, [-1, 3]): ONNX Runtime fails at run time unless B*n divides by 3."""
-    shape = numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "shape")
-    return _model([helper.make_node("Reshape", ["x", "shape"], ["y"])],
-                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])], [shape], name="reshape")
+def gather_model() -> Any:
+    """i INT64 [B, 1] -> y = [0.5, 1.5, 2.5][i]: ONNX Runtime fails at run time on an index past 2."""
+    table = numpy_helper.from_array(np.array([0.5, 1.5, 2.5], dtype=np.float32), "table")
+    return _model([helper.make_node("Gather", ["table", "i"], ["y"], axis=0)],
+                  [helper.make_tensor_value_info("i", TensorProto.INT64, ["batch", 1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], [table], name="gather")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def models(repo: Path) -> Path:
     for version, seed in ((1, 0), (2, 1)):
         write_model(repo, "multi", classifier_model(seed=seed), version=version,
                     config={"version_policy": {"policy": "all"}})
-    write_model(repo, "reshape", reshape_model(), config={"max_batch_size": 0})
+    write_model(repo, "gather", gather_model())
     write_model(repo, "broken", b"this is not an onnx file")
     return repo
 
@@ -96,7 +96,8 @@ def requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("unknown encoding", "/v2/models/clf/infer", x_body(x), {**json_, "content-encoding": "br"}),
         ("truncated gzip", "/v2/models/clf/infer", gzip.compress(x_body(x))[:-6], gz),
         ("two gzip members", "/v2/models/clf/infer", gzip.compress(x_body(x)) * 2, gz),
-        ("model fails", "/v2/models/reshape/infer", x_body(np.zeros((1, 4), np.float32)), json_),
+        ("model fails", "/v2/models/gather/infer",
+         orjson.dumps({"inputs": [{"name": "i", "shape": [1, 1], "datatype": "INT64", "data": [7]}]}), json_),
     ]
 
 

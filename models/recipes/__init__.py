@@ -20,7 +20,7 @@ __all__ = ["FAMILY_MODULES", "RECIPES", "BuildOptions", "FamilyResult", "Recipe"
 
 logger = logging.getLogger(__name__)
 
-FAMILY_MODULES = ("images", "text", "speech", "autoencoder", "gan")
+FAMILY_MODULES = ("images", "text", "speech", "minilm", "autoencoder", "gan")
 """Modules under models.recipes, in the order their families are built."""
 
 _recipes: dict[str, Recipe] = {}

@@ -21,10 +21,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import metrics
 from service.api.deps import RegistryDep
+from service.api.timing import start as start_timing
+from service.api.timing import timed
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.protocol.schema import ErrorResponse
-from service.repository.registry import LoadedModel
+from service.repository.registry import LoadedModel, ModelRegistry
 from service.tasks.catalog import describe
 from service.tasks.pipeline import PIPELINES, Options, Payload
 from service.tasks.schema import (
@@ -337,6 +340,20 @@ async def _predict(
     return await PIPELINES[task.type](model, payload)
 
 
+async def _counted(
+    registry: ModelRegistry, name: str, version: str | None, request: Request, options: Options, response: Response
+) -> PredictResponse | Response:
+    """`_predict`, counted in the request, failure and latency metrics (route `v1_predict`) as v2 infer is,
+    with `Server-Timing` (queue, compute, total) on the answer."""
+    timing = start_timing()
+    with metrics.track_lookup(metrics.V1_PREDICT, name, version):
+        model = registry.get(name, version)
+    with metrics.track(metrics.V1_PREDICT, model.name, model.version):
+        result = await _predict(model, request, options)
+    timed(result if isinstance(result, Response) else response, timing)
+    return result
+
+
 @router.post(
     "/v1/models/{name}/predict",
     response_model=PredictResponse,
@@ -347,9 +364,9 @@ async def _predict(
     responses=_PREDICT_RESPONSES,
 )
 async def predict(
-    name: str, request: Request, registry: RegistryDep, options: OptionsDep
+    name: str, request: Request, registry: RegistryDep, options: OptionsDep, response: Response
 ) -> PredictResponse | Response:
-    return await _predict(registry.get(name), request, options)
+    return await _counted(registry, name, None, request, options, response)
 
 
 @router.post(
@@ -362,9 +379,9 @@ async def predict(
     responses=_PREDICT_RESPONSES,
 )
 async def predict_version(
-    name: str, version: str, request: Request, registry: RegistryDep, options: OptionsDep
+    name: str, version: str, request: Request, registry: RegistryDep, options: OptionsDep, response: Response
 ) -> PredictResponse | Response:
-    return await _predict(registry.get(name, version), request, options)
+    return await _counted(registry, name, version, request, options, response)
 
 
 @router.get("/v1/models", response_model=ModelListResponse, summary="Models, their tasks and example requests")

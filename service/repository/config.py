@@ -166,6 +166,9 @@ class TextClassificationTask(_Strict):
     """Model input for token ids, shape [batch, length]."""
     attention_mask: str | None = "attention_mask"
     """Model input for the mask (1 = token, 0 = padding); unset when the model has none."""
+    token_type_ids: str = "token_type_ids"
+    """Model input for segment ids (BERT-family exports); filled with the tokenizer's type ids (zeros
+    for one text) whenever the ONNX graph has an input of this name, ignored otherwise."""
     output: str = "logits"
     """Model output holding class scores, shape [batch, classes]."""
     max_length: int = Field(128, ge=1)
@@ -238,6 +241,8 @@ class EmbeddingTask(_Strict):
     """Model input for token ids."""
     attention_mask: str | None = "attention_mask"
     """Model input for the mask."""
+    token_type_ids: str = "token_type_ids"
+    """Model input for segment ids; filled with the tokenizer's type ids whenever the graph has it."""
     output: str = "last_hidden_state"
     """Model output: [batch, length, dim] token states, or [batch, dim] already pooled."""
     max_length: int = Field(128, ge=1)
@@ -253,6 +258,13 @@ TaskConfig = Annotated[
     | AnomalyDetectionTask | ImageGenerationTask,
     Field(discriminator="type"),
 ]
+
+
+class Warmup(_Strict):
+    """Values fed at warm-up instead of zeros (graphs that refuse zeros: a sample rate of 0, an empty text)."""
+
+    inputs: dict[str, float | list[Any]] = {}
+    """Input name -> a number (every element of the warm-up tensor) or nested lists of the exact tensor."""
 
 
 class ModelConfig(_Strict):
@@ -304,8 +316,10 @@ class ModelConfig(_Strict):
     """Fixed-shape buffers per batch size (`preferred_batch_sizes`, else `max_batch_size`; batches are
     padded up to the next one) and, on the CUDA provider, one captured CUDA graph per size. Needs every
     dim after the batch axis static. On CPU the fixed buffers run without a graph."""
-    warmup: bool = True
-    """Run one inference on zeros at load so the first request is not slow."""
+    warmup: bool | Warmup = True
+    """Run inferences at load (batch 1 and every preferred batch size) so the first request is not slow:
+    `true` feeds zeros; a mapping gives values for some inputs, e.g. `{inputs: {sr: 16000}}`; `false`
+    skips it. A failed warm-up is logged as a warning and the model is served anyway."""
     version_policy: VersionPolicy = VersionPolicy()
     """Which versions are served."""
     labels: list[str] = []

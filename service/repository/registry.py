@@ -114,15 +114,19 @@ class LoadedModel:
         if self.state is not ModelState.READY or batcher is None:
             if self.replacement is not None:
                 return await self.replacement.infer(inputs, timeout_s=timeout_s, priority=priority)
+            if self.unloaded:  # it raced an unload: answered as ModelRegistry.get answers it from now on
+                raise _unloaded(self.name)
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state}: {self.error}")
         items = check_inputs(self.name, self.config, inputs)
         timeout = timeout_s or self.config.request_timeout_s or self._default_timeout_s
         try:
             return await batcher.submit(inputs, items=items, timeout_s=timeout, priority=priority)
         except ShuttingDown:
-            if self.replacement is None:
-                raise
-            return await self.replacement.infer(inputs, timeout_s=timeout_s, priority=priority)
+            if self.replacement is not None:
+                return await self.replacement.infer(inputs, timeout_s=timeout_s, priority=priority)
+            if self.unloaded:
+                raise _unloaded(self.name) from None
+            raise
 
     # ---- lifecycle (driven by ModelRegistry) ---------------------------------------------------
 
@@ -186,7 +190,7 @@ class LoadedModel:
             if running:
                 logger.warning(
                     "model '%s' version %s (%s): %d ONNX Runtime run(s) still computing after the %g s grace "
-                    "period; their requests go to the replacement or get 503, and the runs are abandoned: they finish in the "
+                    "period; their requests go to the replacement or get an error, and the runs are abandoned: they finish in the "
                     "background and their results are dropped (raise DEEPSERVE_SHUTDOWN_GRACE_S to let them end)",
                     self.name, self.version, reason, running, self._grace_s)
         self._batcher, self._sessions = None, []
@@ -196,6 +200,10 @@ class LoadedModel:
         self.state, self.error = ModelState.UNAVAILABLE, reason
         logger.warning("model '%s' version %s failed to load: %s", self.name, self.version, reason)
         metrics.MODEL_READY.labels(self.name, self.version, "-").set(0)
+
+
+def _unloaded(name: str) -> ModelNotFound:
+    return ModelNotFound(f"model '{name}' is unloaded; load it through the repository API to serve it")
 
 
 class RunTracker:
@@ -359,7 +367,7 @@ class ModelRegistry:
         if model.state is ModelState.READY:
             return model
         if model.unloaded:
-            raise ModelNotFound(f"model '{name}' is unloaded; load it through the repository API to serve it")
+            raise _unloaded(name)
         if version is None:
             states = "; ".join(
                 f"version {m.version} is {m.state}: {m.error or 'loading'}" for m in self._models[name].values()

@@ -15,7 +15,7 @@ from typing import Any, get_args
 import numpy as np
 import onnxruntime as ort
 
-from service.repository.config import Datatype, ModelConfig, TensorSpec
+from service.repository.config import Datatype, ModelConfig, TensorSpec, Warmup
 from service.runtime import binding
 from service.runtime.providers import describe_fallback, mark_unusable, resolve_providers
 from service.types import NUMPY_DTYPES, Tensor, TensorMap
@@ -55,6 +55,8 @@ def session_options(config: ModelConfig) -> ort.SessionOptions:
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization_level]
+    if not config.intra_op_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if config.inter_op_threads > 1:  # inter-op threads only matter in parallel execution mode
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     return options
@@ -75,6 +77,19 @@ def zeros_like_spec(spec: TensorSpec) -> Tensor:
     if spec.datatype == "BYTES":
         return np.full(shape, "", dtype=object)
     return np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+
+
+def warmup_tensor(spec: TensorSpec, value: float | list[Any] | None, *, batch_size: int | None) -> Tensor:
+    """Zeros, a constant, or an exact tensor (repeated along axis 0 up to `batch_size`) for warm-up."""
+    if value is None:
+        return zeros_like_spec(spec)
+    if not isinstance(value, list):
+        template = zeros_like_spec(spec)
+        return np.full(template.shape, value, dtype=template.dtype)
+    array = np.asarray(value, dtype=object if spec.datatype == "BYTES" else NUMPY_DTYPES[spec.datatype])
+    if batch_size is not None and array.ndim and array.shape[0] == 1 and batch_size > 1:
+        array = np.repeat(array, batch_size, axis=0)  # (1, ...) -> (B, ...)
+    return array
 
 
 def _ort_input(array: Tensor) -> Tensor:
@@ -103,7 +118,6 @@ class OnnxSession:
         self.batch_cap: int | None = None
         """On CUDA: the largest batch size GPU memory holds, when below the configured max_batch_size."""
 
-
     @classmethod
     def load(cls, path: Path, *, config: ModelConfig, providers: Sequence[str]) -> OnnxSession:
         """Create the session (slow: call it off the event loop) and warm it up if config.warmup.
@@ -121,20 +135,46 @@ class OnnxSession:
             logger.warning("%s: %s", path, fallback)
         loaded.use_binding(config)
         if config.warmup:
-            loaded.warm_up({spec.name: spec.shape for spec in config.inputs})
+            loaded.warm_up_logged(config)
         return loaded
 
-    def warm_up(self, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
-        """Run once on zeros so the first request does not pay for lazy initialisation.
+    def warm_up_logged(self, config: ModelConfig) -> bool:
+        """Warm up at batch 1 and every preferred batch size; a failure is a warning, not a load failure.
 
-        `shapes` (config input shapes by name) may pin dims the graph leaves dynamic.
+        Some graphs refuse zeros (a sample rate of 0, an empty sequence): the model is still served, its
+        first request just pays for ONNX Runtime's lazy initialisation. Returns whether warm-up ran.
+        """
+        values = config.warmup.inputs if isinstance(config.warmup, Warmup) else {}
+        shapes = {spec.name: spec.shape for spec in config.inputs}
+        batched = config.max_batch_size != 0 and all(spec.shape[:1] == [-1] for spec in self.inputs)
+        sizes = dict.fromkeys([1, *config.preferred_batch_sizes]) if batched else {1: None}
+        for size in sizes:
+            try:
+                self.warm_up(shapes, values=values, batch_size=size if batched else None)
+            except Exception as exc:  # ONNX Runtime's own error types; the graph decides what it accepts
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                logger.warning(
+                    "%s: warm-up at batch %d failed, serving the model anyway (give inputs the graph accepts "
+                    "with `warmup: {inputs: {name: value}}` in config.yaml): %s", self.path, size, first_line[:300],
+                )
+                return False
+        return True
+
+    def warm_up(self, shapes: Mapping[str, Sequence[int]] | None = None, *,
+                values: Mapping[str, float | list[Any]] | None = None, batch_size: int | None = None) -> None:
+        """Run once so the first request does not pay for lazy initialisation; raises what ONNX Runtime raises.
+
+        `shapes` (config input shapes by name) may pin dims the graph leaves dynamic; `values` gives an input
+        a number (every element) or its exact nested lists instead of zeros; `batch_size` sets axis 0.
         """
         feed: TensorMap = {}
         for spec in self.inputs:
             shape = (shapes or {}).get(spec.name)
             if shape is not None and len(shape) == len(spec.shape):
                 spec = spec.model_copy(update={"shape": list(shape)})
-            feed[spec.name] = zeros_like_spec(spec)
+            if batch_size is not None and spec.shape:
+                spec = spec.model_copy(update={"shape": [batch_size, *spec.shape[1:]]})
+            feed[spec.name] = warmup_tensor(spec, (values or {}).get(spec.name), batch_size=batch_size)
         self.run(feed)
 
     def use_binding(self, config: ModelConfig) -> None:

@@ -209,6 +209,8 @@ async def _encode(
     inputs = {task.input_ids: cast(model.config, task.input_ids, encoded.ids)}
     if task.attention_mask:
         inputs[task.attention_mask] = cast(model.config, task.attention_mask, encoded.mask)
+    if any(spec.name == task.token_type_ids for spec in model.config.inputs):  # BERT-family exports
+        inputs[task.token_type_ids] = cast(model.config, task.token_type_ids, encoded.type_ids)
     return encoded, inputs
 
 

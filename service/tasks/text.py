@@ -1,8 +1,11 @@
 """Text tasks: strings -> token ids + attention mask (HF `tokenizers`); outputs -> labels or vectors.
 
 Texts of one request are padded to the longest of them with the tokenizer's pad id; the batcher pads
-across requests (`pad_value` on the inputs). Tokenizers are loaded once per file and truncation
-setting and kept in a small bounded cache.
+across requests (`pad_value` on the inputs). The server's policy wins over the tokenizer file's: a
+tokenizer.json exported with fixed padding ("pad to 128") or its own truncation length has both
+replaced by "pad to the longest, cut at the task's max_length". Segment ids (`token_type_ids`, which
+BERT-family graphs take) come from the tokenizer: zeros for a single text. Tokenizers are loaded once
+per file and truncation setting and kept in a small bounded cache.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(slots=True)
 class EncodedTexts:
-    """Token ids and mask, both (B, L) int64, padded to the longest text; per-text facts."""
+    """Token ids, mask and segment ids, all (B, L) int64, padded to the longest text; per-text facts."""
 
     ids: IntArray
     mask: IntArray
+    type_ids: IntArray
     lengths: list[int]
     truncated: list[bool]
 
@@ -60,7 +64,7 @@ def _load(path: str, mtime_ns: int, max_length: int, truncate: bool) -> LoadedTo
         raise ModelLoadError(f"tokenizer file {path} cannot be read: {exc}") from exc
     padding = tokenizer.padding
     pad_id = int(padding["pad_id"]) if padding else _find_pad_id(tokenizer)
-    tokenizer.no_padding()  # we pad ourselves, to the longest text of the request
+    tokenizer.no_padding()  # we pad ourselves, to the longest text (a file's fixed padding is dropped)
     if truncate:
         tokenizer.enable_truncation(max_length)
     else:
@@ -106,11 +110,13 @@ def encode(
     longest = max(lengths)
     ids = np.full((len(texts), longest), tok.pad_id, dtype=np.int64)
     mask = np.zeros((len(texts), longest), dtype=np.int64)
+    type_ids = np.zeros((len(texts), longest), dtype=np.int64)
     for i, encoding in enumerate(encodings):
         ids[i, : lengths[i]] = encoding.ids
         mask[i, : lengths[i]] = 1
+        type_ids[i, : lengths[i]] = encoding.type_ids
     truncated = [bool(e.overflowing) for e in encodings]
-    return EncodedTexts(ids=ids, mask=mask, lengths=lengths, truncated=truncated)
+    return EncodedTexts(ids=ids, mask=mask, type_ids=type_ids, lengths=lengths, truncated=truncated)
 
 
 def pool(
