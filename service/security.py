@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,16 @@ def is_open(method: str, path: str) -> bool:
 
 
 def is_admin_path(path: str) -> bool:
-    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+    """Anything naming the repository API, wherever it appears (a mount prefix, doubled slashes)."""
+    path = re.sub(r"/{2,}", "/", path)
+    return path.endswith(ADMIN_PREFIX) or ADMIN_PREFIX + "/" in path
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the app's `root_path` when the server puts it in `path`."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -139,7 +149,7 @@ class AccessControl:
         if scope["type"] != "http" or not creds.enabled:
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
+        path = route_path(scope)
         if is_open(scope["method"], path):
             await self.app(scope, receive, send)
             return

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from asgi_lifespan import LifespanManager
 from conftest import AppClient, serve_app
 from onnx_models import classifier_model, classifier_weights, write_model
 from task_models import write_text_model
@@ -190,3 +191,17 @@ def test_short_secrets_are_refused_at_start(models: Path, field: str) -> None:
     value: Any = "tooshort" if field == "admin_token" else ["tooshort"]
     with pytest.raises(ValueError, match=f"DEEPSERVE_{field.upper()}"):
         Settings(model_repository=models, **{field: value})
+
+
+async def test_repository_api_stays_locked_under_a_root_path_and_odd_spellings(models: Path) -> None:
+    app = create_app(Settings(model_repository=models, admin_token=ADMIN, **CPU))
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app, root_path="/api")  # mounted under /api by a proxy
+        async with httpx.AsyncClient(transport=transport, base_url="http://deepserve") as client:
+            for path in ("/api/v2/repository/models/clf/unload", "/api//v2/repository/models/clf/unload",
+                         "/api/v2/repository/models/clf/unload/"):
+                response = await client.post(path)
+                assert_unauthorized(response, invalid=False)
+            assert (await client.post("/api/v2/models/clf/infer", json=BODY)).status_code == 200  # still served
+            ok = await client.post("/api/v2/repository/models/clf/unload", headers=bearer(ADMIN))
+            assert ok.status_code == 200, ok.text
