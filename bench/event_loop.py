@@ -4,11 +4,11 @@ Serves two models from one `python -m service serve` process on loopback: `small
 logits [B, 10]) and `big` (x FP32 [B, N] -> sum [B], with N chosen so one JSON request is about
 `--big-mb` MB). Each round runs wrk on `small` at c=8 alone, then again while `--big-clients` threads
 each send the big JSON body back to back; the figure is loaded p99 / alone p99 (bar: at most 3x),
-the median over rounds. `--tree` picks the source tree to serve, so old code can be measured from a
-`git worktree add /tmp/old <commit>` checkout with the same script:
+the median over rounds. `--tree` picks the source trees to serve (one server each, measured in turn
+every round: all alone, then all loaded, so a shared machine's drift hits each alike): old code is measured from a
+`git worktree add /tmp/old <commit>` checkout beside this one:
 
-    nice -n 10 .venv/bin/python bench/event_loop.py --tree /tmp/old --port 48101
-    nice -n 10 .venv/bin/python bench/event_loop.py --tree . --port 48102
+    nice -n 10 .venv/bin/python bench/event_loop.py --tree /tmp/old . --port 48101
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", type=Path, default=HERE.parent, help="source tree to serve (default: this one)")
+    parser.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent],
+                        help="source trees to serve, one server each (ports --port, --port+1, ...), measured in turn "
+                             "every round (default: this tree)")
     parser.add_argument("--port", type=int, default=48100)
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alone/loaded pairs; the median ratio is reported")
@@ -139,40 +141,59 @@ def main() -> None:
     per_element = len(json_body(10_000)) / 10_000
     elements = int(args.big_mb * 1e6 / per_element)
     big_body = json_body(elements)
-    tree = args.tree.resolve()
-    url = f"http://127.0.0.1:{args.port}"
+    trees = [tree.resolve() for tree in args.tree]
     with tempfile.TemporaryDirectory(prefix="deepserve-event-loop-") as tmp:
         repo = Path(tmp) / "repo"
         write_repo(repo, elements)
         small_file = Path(tmp) / "small.json"
         small_file.write_bytes(json_body(64))
-        log = (Path(tmp) / "server.log").open("wb")
-        env = {**os.environ, "PYTHONPATH": str(tree), "DEEPSERVE_MODEL_REPOSITORY": str(repo),
-               "DEEPSERVE_PORT": str(args.port), "DEEPSERVE_HOST": "127.0.0.1", "DEEPSERVE_LOG_LEVEL": "WARNING"}
-        server = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=tree, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
+        servers = []
         try:
-            wait_ready(url, server)
-            print(f"tree {tree} ({_commit(tree)}); big body {len(big_body) / 1e6:.1f} MB, {elements} elements, "
-                  f"{args.big_clients} clients; small model wrk c=8, {args.seconds} s per run", flush=True)
-            small_url, big_url = f"{url}/v2/models/small/infer", f"{url}/v2/models/big/infer"
-            wrk_p99(small_url, small_file, 1)  # warm up
-            ratios = []
+            for index, tree in enumerate(trees):
+                url = f"http://127.0.0.1:{args.port + index}"
+                log = (Path(tmp) / f"server-{index}.log").open("wb")
+                env = {**os.environ, "PYTHONPATH": str(tree), "DEEPSERVE_MODEL_REPOSITORY": str(repo),
+                       "DEEPSERVE_PORT": str(args.port + index), "DEEPSERVE_HOST": "127.0.0.1",
+                       "DEEPSERVE_LOG_LEVEL": "WARNING"}
+                servers.append((tree, url, subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=tree,
+                                                            env=env, stdout=log, stderr=subprocess.STDOUT)))
+            for _, url, process in servers:
+                wait_ready(url, process)
+                wrk_p99(f"{url}/v2/models/small/infer", small_file, 1)  # warm up
+            print(f"big body {len(big_body) / 1e6:.1f} MB, {elements} elements, {args.big_clients} clients; small "
+                  f"model wrk c=8, {args.seconds} s per run; trees interleaved round by round", flush=True)
+            ratios: dict[Path, list[float]] = {tree: [] for tree in trees}
             for round_ in range(1, args.rounds + 1):
-                p50_alone, p99_alone, n_alone = wrk_p99(small_url, small_file, args.seconds)
-                with BigSenders(big_url, big_body, args.big_clients) as big:
-                    p50_busy, p99_busy, n_busy = wrk_p99(small_url, small_file, args.seconds)
-                ratios.append(p99_busy / p99_alone)
-                big_s = statistics.median(big.seconds) if big.seconds else float("nan")
-                print(f"round {round_}: alone p50 {p50_alone:.2f} ms p99 {p99_alone:.2f} ms ({n_alone} req) | "
-                      f"with big bodies p50 {p50_busy:.2f} ms p99 {p99_busy:.2f} ms ({n_busy} req) | "
-                      f"p99 x{ratios[-1]:.2f} | big requests {dict(big.statuses)}, median {big_s:.2f} s",
-                      flush=True)
-            print(f"median p99 rise: x{statistics.median(ratios):.2f} (bar: at most x3)")
+                # every tree alone first, then every tree loaded (in turns: who goes first alternates), so no
+                # alone run follows another tree's loaded run
+                alone = {tree: wrk_p99(f"{url}/v2/models/small/infer", small_file, args.seconds)
+                         for tree, url, _ in servers}
+                turn = servers if round_ % 2 else servers[::-1]
+                for tree, url, _ in turn:
+                    label = f"round {round_} {tree.name}"
+                    ratios[tree].append(loaded(url, small_file, big_body, args, alone[tree], label))
+            for tree in trees:
+                print(f"{tree} ({_commit(tree)}): median p99 rise x{statistics.median(ratios[tree]):.2f} over "
+                      f"{args.rounds} rounds (bar: at most x3)")
         finally:
-            server.terminate()
-            server.wait(60)
-            log.close()
+            for _, _, process in servers:
+                process.terminate()
+                process.wait(60)
+
+
+def loaded(url: str, small_file: Path, big_body: bytes, args: argparse.Namespace,
+           alone: tuple[float, float, int], label: str) -> float:
+    """The small model with the big senders running: returns loaded p99 / alone p99."""
+    small_url, big_url = f"{url}/v2/models/small/infer", f"{url}/v2/models/big/infer"
+    p50_alone, p99_alone, n_alone = alone
+    with BigSenders(big_url, big_body, args.big_clients) as big:
+        p50_busy, p99_busy, n_busy = wrk_p99(small_url, small_file, args.seconds)
+    ratio = p99_busy / p99_alone
+    big_s = statistics.median(big.seconds) if big.seconds else float("nan")
+    print(f"{label}: alone p50 {p50_alone:.2f} ms p99 {p99_alone:.2f} ms ({n_alone} req) | with big bodies "
+          f"p50 {p50_busy:.2f} ms p99 {p99_busy:.2f} ms ({n_busy} req) | p99 x{ratio:.2f} | big requests "
+          f"{dict(big.statuses)}, median {big_s:.2f} s", flush=True)
+    return ratio
 
 
 def _commit(tree: Path) -> str:
