@@ -106,10 +106,9 @@ async def submit_many(batcher: DynamicBatcher, counts: Sequence[int], *, timeout
 
 
 async def test_a_lone_request_runs_at_once(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
-    batcher = await make_batcher([sessions["batch"].run], max_queue_delay_ms=20_000)
-    started = time.monotonic()
-    out = await batcher.submit(x_of(3), items=3, timeout_s=30)
-    assert time.monotonic() - started < 10  # a wait for the 20 s delay would fail this
+    batcher = await make_batcher([sessions["batch"].run], max_queue_delay_ms=3_600_000)
+    # a wait for the one-hour delay would time out here; the bound is far above any loaded machine's compute
+    out = await asyncio.wait_for(batcher.submit(x_of(3), items=3, timeout_s=3_600), 120)
     assert out["batch"].tolist() == [3, 3, 3]
     np.testing.assert_array_equal(out["y"], np.full((3, 4), 2.0, np.float32))
 
@@ -176,15 +175,13 @@ async def test_queue_delay_is_measured_from_the_oldest_request(
             await asyncio.sleep(0.01)  # pacing of the traffic, not synchronisation
 
     producer = asyncio.create_task(stream())
-    started = time.monotonic()
     while not submitted:
         await asyncio.sleep(0)
     oldest = await submitted[0]
-    waited = time.monotonic() - started
     stop.set()
     await producer
     await asyncio.gather(*submitted)
-    assert waited < 4.0
+    # the batch size tells, not the clock: a slower machine sends fewer pairs per delay, never 500 items
     assert 2 <= int(oldest["batch"][0]) < 500
 
 
