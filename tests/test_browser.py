@@ -162,11 +162,11 @@ def test_page_lists_every_model_with_task_provider_and_held_out_metrics(browser:
     assert "ready" in browser.driver.find_element(By.ID, "server").text
 
 
-def test_drawing_a_seven_shows_7_first(browser: Browser, server: Server, shots: Path) -> None:
-    canvas = browser.card("cnn").find_element(By.TAG_NAME, "canvas")
+def draw_seven(browser: Browser, model: str) -> None:
+    """One stroke with mouse events on the model's canvas: the bar of a 7, then its stem."""
+    canvas = browser.card(model).find_element(By.TAG_NAME, "canvas")
     browser.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-    side = canvas.size["width"]  # offsets are from the canvas centre; one stroke: the bar, then the stem
-    step = side / 224
+    step = canvas.size["width"] / 224  # offsets are from the canvas centre, in CSS pixels
     chain = ActionChains(browser.driver).move_to_element_with_offset(canvas, int(-55 * step), int(-70 * step))
     chain.click_and_hold()
     for _ in range(10):
@@ -174,6 +174,10 @@ def test_drawing_a_seven_shows_7_first(browser: Browser, server: Server, shots: 
     for _ in range(15):
         chain.move_by_offset(int(-4 * step), int(10 * step))
     chain.release().perform()
+
+
+def test_drawing_a_seven_shows_7_first(browser: Browser, server: Server, shots: Path) -> None:
+    draw_seven(browser, "cnn")
     assert browser.settled("cnn") == "done"
     first = browser.card("cnn").find_element(By.CSS_SELECTOR, ".result .bars li .label")
     assert first.text == "7"
@@ -197,6 +201,12 @@ def test_a_positive_sentence_shows_positive_first(browser: Browser, server: Serv
     assert labels[0] == "positive"
     answer = httpx.post(server.url + "/v1/models/text/predict", json={"text": POSITIVE}).json()
     assert labels == [x["label"] for x in answer["predictions"][0]["labels"]]
+    explain = browser.card("text").find_elements(By.XPATH, ".//button[normalize-space()='Explain']")
+    if explain:  # each word coloured by its score
+        explain[0].click()
+        assert browser.settled("text") == "done"
+        words = [e.text for e in browser.card("text").find_elements(By.CSS_SELECTOR, ".explanation .words span")]
+        assert {w.strip(",") for w in POSITIVE.split()} <= {w.strip(",") for w in words}
     screenshot(browser, "text", shots)
 
 
@@ -234,6 +244,29 @@ def test_a_corrupt_upload_shows_the_servers_error(browser: Browser, server: Serv
     error = browser.card("mlp").find_element(By.CSS_SELECTOR, ".error")
     assert error.is_displayed() and error.text == expected
     assert browser.card("mlp").find_element(By.CSS_SELECTOR, ".result").text == ""
+
+
+def test_every_other_card_answers_its_own_input(browser: Browser, server: Server, recording: Path, shots: Path) -> None:
+    """The cards not tried above (mlp, and whatever task types the build has) each get an input and answer."""
+    tried = {"cnn", "text", "speech"}
+    for model in httpx.get(server.url + "/v1/models").json()["models"]:
+        name, task = model["name"], model["task"]
+        if name in tried or model["state"] != "READY":
+            continue
+        card = browser.card(name)
+        if task in ("image-classification", "anomaly-detection"):
+            draw_seven(browser, name)
+        elif task in ("speech-recognition", "audio-classification"):
+            card.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(recording))
+        elif task in ("text-classification", "embedding", "image-generation"):
+            browser.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
+            card.find_element(By.XPATH, ".//div[contains(@class,'row')]/button[1]").click()
+        else:
+            continue  # no widget: the card says to use /v2 infer
+        assert browser.settled(name) == "done", (name, card.find_element(By.CSS_SELECTOR, ".error").text)
+        assert card.find_element(By.CSS_SELECTOR, ".result").text.strip() or card.find_elements(
+            By.CSS_SELECTOR, ".result img"), name
+        screenshot(browser, name, shots)
 
 
 def test_controls_are_labelled_and_the_page_fits_a_phone(browser: Browser, server: Server) -> None:

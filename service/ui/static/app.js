@@ -23,11 +23,13 @@ class ServerError extends Error {
   constructor(message, status, code) { super(message); this.status = status; this.code = code; }
 }
 
-async function call(url, init) {
+async function call(url, init = {}) {
   const started = performance.now();
+  const token = sessionStorage.getItem("deepserve-api-key");
+  const headers = { ...(init.headers || {}), ...(token ? { authorization: `Bearer ${token}` } : {}) };
   let response;
   try {
-    response = await fetch(url, init);
+    response = await fetch(url, { ...init, headers });
   } catch (err) {
     throw new ServerError(`The server could not be reached (${err.message}).`, 0, "network");
   }
@@ -64,6 +66,7 @@ async function main() {
   } catch (err) {
     status.textContent = `Could not list the models: ${err.message}`;
     status.classList.add("error");
+    if (err.status === 401) askForKey(status);
     return;
   }
   const paths = (openapi.body && openapi.body.paths) || {};
@@ -77,6 +80,29 @@ async function main() {
   status.textContent = `${list.length} model${list.length === 1 ? "" : "s"}, ${ready} ready` +
     (page.explain ? " · explanations available" : "");
   document.addEventListener("paste", onPaste);
+}
+
+// A server started with DEEPSERVE_API_KEYS answers the API with 401: ask for a key, keep it for this tab.
+function askForKey(status) {
+  const form = document.createElement("form");
+  form.className = "row";
+  const label = document.createElement("label");
+  label.className = "field";
+  label.textContent = "API key (kept in this tab only)";
+  const input = document.createElement("input");
+  input.type = "password";
+  input.autocomplete = "off";
+  label.appendChild(input);
+  const submit = document.createElement("button");
+  submit.type = "submit";
+  submit.textContent = "Use key";
+  form.append(label, submit);
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem("deepserve-api-key", input.value.trim());
+    location.reload();
+  });
+  status.after(form);
 }
 
 function card(model, meta) {
@@ -380,6 +406,7 @@ function imageWidget(ui) {
   }
   async function send() {
     if (!state.blob && !state.drawn) return;
+    ui.node.dataset.state = "busy";  // at once: the PNG is made asynchronously
     const blob = await payload();
     const anomaly = ui.model.task === "anomaly-detection";
     const fields = anomaly ? { return_reconstruction: true } : { top_k: 5 };
