@@ -18,6 +18,7 @@ from service.api.infer import make_pool
 from service.errors import install_handlers
 from service.middleware import BodyLimit, RequestContext
 from service.repository.registry import ModelRegistry
+from service.security import AccessControl, credentials, declare_in_openapi
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,23 +68,31 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # service.ui serves /docs and /redoc from packaged assets, not a CDN
         redoc_url=None,
+        # FastAPI's native OpenTelemetry looks up the global providers (and the environment) on every
+        # request, ~4% of a small request's event-loop time; deepserve exports Prometheus metrics instead
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.started = False
     install_handlers(app)
     if settings.infer_fast_path:
         app.add_middleware(InferFastPath)  # innermost: ids, credentials and the body limit apply to it
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.request_body_timeout_s)
+    access = credentials(settings)
+    app.add_middleware(AccessControl, credentials=access)  # before any body is read
+    declare_in_openapi(app, access)
     app.add_middleware(RequestContext)
     if settings.cors_origins:  # outermost: preflights and error answers get the headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["Server-Timing", "Retry-After"], max_age=600)
 
-    from service.api import admin, tasks, v2  # routers import the registry's types
+    from service.api import admin, explain, tasks, v2  # routers import the registry's types
 
     app.include_router(v2.router)
-    app.include_router(admin.router)
+    if settings.admin_api:
+        app.include_router(admin.router)
     app.include_router(tasks.router)
+    app.include_router(explain.router)
 
     if settings.metrics:
 

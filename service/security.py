@@ -26,8 +26,10 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_body
@@ -173,6 +175,33 @@ class AccessControl:
         challenge = f'Bearer realm="{REALM}"' + ('' if token is None else ', error="invalid_token"')
         message = what if token is None else f"the bearer token is not valid; {what}"
         await _refuse(send, 401, message, "unauthorized", challenge)
+
+
+def declare_in_openapi(app: FastAPI, credentials: Credentials) -> None:
+    """With credentials configured, the OpenAPI document says which operations need a bearer token (so
+    /docs has an Authorize button and clients know of the 401); without, it is left as it is."""
+    if not credentials.enabled:
+        return
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {"type": "http", "scheme": "bearer",
+                             "description": "An API key (DEEPSERVE_API_KEYS), or the admin token for /v2/repository"}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                if is_open(method.upper(), path) or not isinstance(operation, dict):
+                    continue
+                operation["security"] = [{"bearer": []}]
+                operation.setdefault("responses", {})["401"] = {
+                    "description": "Missing or invalid bearer token (`WWW-Authenticate: Bearer`)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _refuse(send: Send, status: int, message: str, code: str, challenge: str | None = None) -> None:

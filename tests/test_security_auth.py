@@ -205,3 +205,22 @@ async def test_repository_api_stays_locked_under_a_root_path_and_odd_spellings(m
             assert (await client.post("/api/v2/models/clf/infer", json=BODY)).status_code == 200  # still served
             ok = await client.post("/api/v2/repository/models/clf/unload", headers=bearer(ADMIN))
             assert ok.status_code == 200, ok.text
+
+
+async def test_openapi_says_which_operations_need_a_token(models: Path) -> None:
+    async with serve_app(models, api_keys=[KEY], admin_token=ADMIN, **CPU) as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "ErrorResponse" in schema["components"]["schemas"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            needs = "security" in operation
+            assert needs == (path not in OPEN), (method, path)
+            assert ("401" in operation["responses"]) == needs
+
+
+async def test_openapi_is_unchanged_without_credentials(models: Path, app_client: AppClient) -> None:
+    async with app_client(**CPU) as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert "securitySchemes" not in schema.get("components", {})
+    assert not [op for ops in schema["paths"].values() for op in ops.values() if "security" in op]

@@ -405,4 +405,4 @@ class DynamicBatcher:
     def _fail(jobs: Sequence[Job], error: ServiceError) -> None:
         for job in jobs:
             if not job.future.done():
-                job.future.set_exception(error)
+                job.future.set_exception(error.copy())  # one object per request: tracebacks stay apart
