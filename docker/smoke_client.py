@@ -2,7 +2,7 @@
 
 Subcommands (each prints `key=value` lines that smoke.sh puts in its figures table, and exits 1 on a
 failed check):
-  ready URL                 seconds until URL/v2/health/ready answers 200
+  ready URL [CONTAINER]     seconds until URL/v2/health/ready answers 200 (fails once CONTAINER stops)
   models URL                for every model: a v2 infer (zeros shaped from its metadata) and a /v1 predict
                             (the example body /v1/models/{name} publishes); both must answer 200
   inflight URL -- CMD...    clients in a loop of slow v2 infers; once all have had an answer, run CMD
@@ -13,6 +13,7 @@ failed check):
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -61,9 +62,19 @@ def v2_request(metadata: dict[str, Any], seconds: float = 1.0) -> dict[str, Any]
     return {"inputs": inputs}
 
 
-def ready(url: str) -> int:
+def running(container: str) -> bool:
+    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container], capture_output=True,
+                           text=True, timeout=60, check=False)
+    return state.stdout.strip() == "true"
+
+
+def ready(url: str, container: str | None = None) -> int:
+    """Poll readiness; with a container name, give up as soon as that container is no longer running."""
     start = time.monotonic()
     while time.monotonic() - start < 600:
+        if container and not running(container):
+            emit(f"ready_s=exited ({container} stopped; docker logs {container})")
+            return 1
         try:
             with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
                 if response.status == 200:
@@ -91,6 +102,12 @@ def models(url: str) -> int:
     return 1 if failed else 0
 
 
+def not_accepted(reason: object) -> bool:
+    """The connection was never made: the listener is closed, or the container (its address) is gone."""
+    return isinstance(reason, ConnectionRefusedError) or getattr(reason, "errno", None) in (
+        errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
 def inflight(url: str, command: list[str], clients: int = 8, model: str = "speech") -> int:
     """Every request the server accepted before or after SIGTERM completes with 200.
 
@@ -115,8 +132,8 @@ def inflight(url: str, command: list[str], clients: int = 8, model: str = "speec
                     outcome = str(response.status)
             except urllib.error.HTTPError as exc:
                 outcome = str(exc.code)
-            except urllib.error.URLError as exc:
-                outcome = "refused" if isinstance(exc.reason, ConnectionRefusedError) else f"error:{exc.reason}"
+            except urllib.error.URLError as exc:  # connect or send failed; a refused connect was never accepted
+                outcome = "refused" if not_accepted(exc.reason) else f"error:{exc.reason}"
             except OSError as exc:
                 outcome = f"error:{type(exc).__name__}"
             with lock:
@@ -171,7 +188,7 @@ def prometheus(url: str, expected: int) -> int:
 def main(argv: list[str]) -> int:
     command, *args = argv
     if command == "ready":
-        return ready(args[0])
+        return ready(args[0], args[1] if len(args) > 1 else None)
     if command == "models":
         return models(args[0])
     if command == "inflight":

@@ -345,7 +345,10 @@ def test_built_image_serves_every_model_and_drains_on_sigterm(capsys: pytest.Cap
             [docker, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
             capture_output=True, text=True, timeout=60, check=True).stdout.split()[0]
         url = f"http://{address}:8000"
-        assert client.ready(url) == 0, "not ready within 600 s"
+        if client.ready(url, name) != 0:
+            logs = subprocess.run([docker, "logs", "--tail", "40", name], capture_output=True, text=True, timeout=60,
+                                  check=False)
+            pytest.fail(f"{IMAGE} did not get ready: {capsys.readouterr().out}\n{logs.stdout}{logs.stderr}")
         # The image's own HEALTHCHECK command, run in the container: exit 0 once every model is loaded.
         test = image["Config"]["Healthcheck"]["Test"]
         assert test[0] == "CMD", test
