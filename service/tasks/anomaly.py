@@ -33,7 +33,8 @@ def scores(inputs: FloatArray, outputs: FloatArray, kind: str) -> npt.NDArray[np
     """Per-item reconstruction error over all non-batch axes: mean squared ("mse") or absolute ("mae")."""
     diff = outputs.astype(np.float64) - inputs.astype(np.float64)
     per = diff**2 if kind == "mse" else np.abs(diff)
-    return per.reshape(len(per), -1).mean(axis=1)
+    means: npt.NDArray[np.float64] = per.reshape(len(per), -1).mean(axis=1)
+    return means
 
 
 def to_pixels(item: FloatArray, task: AnomalyDetectionTask) -> npt.NDArray[np.float32]:
@@ -41,7 +42,8 @@ def to_pixels(item: FloatArray, task: AnomalyDetectionTask) -> npt.NDArray[np.fl
     hwc = item.transpose(1, 2, 0) if task.layout == "NCHW" else item
     mean = np.asarray(task.mean, dtype=np.float32)
     std = np.asarray(task.std, dtype=np.float32)
-    return np.clip(hwc * std + mean, 0.0, 1.0).astype(np.float32)
+    pixels: npt.NDArray[np.float32] = np.clip(hwc * std + mean, 0.0, 1.0).astype(np.float32)
+    return pixels
 
 
 def png_base64(pixels: npt.NDArray[np.float32]) -> str:
@@ -56,7 +58,8 @@ def png_base64(pixels: npt.NDArray[np.float32]) -> str:
 def heat(error: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """(H, W) absolute error in [0, 1] -> (H, W, 3) "hot" colours: black, red, yellow, white."""
     v = np.clip(error, 0.0, 1.0)[:, :, None] * 3.0
-    return np.clip(np.concatenate([v, v - 1.0, v - 2.0], axis=2), 0.0, 1.0).astype(np.float32)
+    colours: npt.NDArray[np.float32] = np.clip(np.concatenate([v, v - 1.0, v - 2.0], axis=2), 0.0, 1.0).astype(np.float32)
+    return colours
 
 
 def pictures(inputs: FloatArray, outputs: FloatArray, task: AnomalyDetectionTask) -> list[tuple[str, str, str]]:

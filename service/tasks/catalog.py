@@ -7,6 +7,7 @@ silent WAV, and the text example is cut to fit a model that refuses texts over i
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 import orjson
 
@@ -33,7 +34,7 @@ def describe(model: LoadedModel, *, base_url: str) -> ModelSummary:
     config = model.config
     task = config.task
     state = str(getattr(model.state, "value", model.state))
-    common = {"name": model.name, "version": model.version, "state": state, "description": config.description}
+    common: dict[str, Any] = {"name": model.name, "version": model.version, "state": state, "description": config.description}
     if task is None:
         return ModelSummary(
             **common,
