@@ -125,6 +125,37 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
     raise TimeoutError(f"server at {url} not ready")
 
 
+def threshold(repeats: int) -> None:
+    """Inline decode vs a round trip through a codec worker, by JSON body size (for codec_offload_bytes)."""
+    import asyncio
+
+    sys.path.insert(0, str(HERE.parent))
+    from service.protocol import codec
+    from service.protocol.pool import CodecPool
+
+    async def run() -> None:
+        limits = codec.DecodeLimits()
+        pool = CodecPool(workers=1, min_bytes=0, limits=limits)
+        try:
+            await pool.decode(json_body(10), content_encoding=None, header_length=None)  # start the worker
+            for elements in (200, 800, 3200, 12800, 51200):
+                body = json_body(elements)
+                inline, remote = [], []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    codec.decode_body(body, content_encoding=None, header_length=None, limits=limits)
+                    inline.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    await pool.decode(body, content_encoding=None, header_length=None)
+                    remote.append(time.perf_counter() - started)
+                print(f"{len(body) / 1024:8.1f} KiB JSON: inline {statistics.median(inline) * 1e3:7.2f} ms of event "
+                      f"loop | via a worker {statistics.median(remote) * 1e3:7.2f} ms round trip", flush=True)
+        finally:
+            pool.close()
+
+    asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent],
@@ -135,7 +166,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alone/loaded pairs; the median ratio is reported")
     parser.add_argument("--big-mb", type=float, default=32.0, help="size of each big JSON body in MB")
     parser.add_argument("--big-clients", type=int, default=4)
+    parser.add_argument("--threshold", action="store_true",
+                        help="instead: time inline decoding against a worker round trip by body size")
     args = parser.parse_args()
+    if args.threshold:
+        threshold(repeats=15)
+        return
 
     # json.dumps of float32 values as Python floats: about 20 bytes per element
     per_element = len(json_body(10_000)) / 10_000
