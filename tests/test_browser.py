@@ -96,6 +96,11 @@ class Browser:
         self.driver.get(url)
         self.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#models .card") or d.find_elements(By.CSS_SELECTOR, ".server.error"))
 
+    def on_page(self, server: Server) -> None:
+        """Open the page unless the browser is on it (each test also runs alone: pytest -k)."""
+        if self.driver.current_url.rstrip("/") != server.url or not self.driver.find_elements(By.ID, "models"):
+            self.open(server.url + "/")
+
     def wait(self, condition: Any, timeout: float = WAIT_S) -> Any:
         return WebDriverWait(self.driver, timeout).until(condition)
 
@@ -177,6 +182,7 @@ def draw_seven(browser: Browser, model: str) -> None:
 
 
 def test_drawing_a_seven_shows_7_first(browser: Browser, server: Server, shots: Path) -> None:
+    browser.on_page(server)
     draw_seven(browser, "cnn")
     assert browser.settled("cnn") == "done"
     first = browser.card("cnn").find_element(By.CSS_SELECTOR, ".result .bars li .label")
@@ -192,6 +198,7 @@ def test_drawing_a_seven_shows_7_first(browser: Browser, server: Server, shots: 
 
 
 def test_a_positive_sentence_shows_positive_first(browser: Browser, server: Server, shots: Path) -> None:
+    browser.on_page(server)
     area = browser.card("text").find_element(By.TAG_NAME, "textarea")
     area.clear()
     area.send_keys(POSITIVE)
@@ -213,6 +220,7 @@ def test_a_positive_sentence_shows_positive_first(browser: Browser, server: Serv
 def test_microphone_recording_is_transcribed_as_the_file_itself(
     browser: Browser, server: Server, recording: Path, shots: Path
 ) -> None:
+    browser.on_page(server)
     direct = httpx.post(server.url + "/v1/models/speech/predict", files={"file": recording.read_bytes()}).json()
     spoken_s = direct["predictions"][0]["duration_s"]
     record = browser.button("speech", "Record")
@@ -231,6 +239,7 @@ def test_microphone_recording_is_transcribed_as_the_file_itself(
 
 
 def test_a_corrupt_upload_shows_the_servers_error(browser: Browser, server: Server, tmp_path: Path) -> None:
+    browser.on_page(server)
     png = io.BytesIO()
     image = Image.new("L", (40, 40), 255)
     ImageDraw.Draw(image).line([(5, 5), (35, 35)], fill=0, width=4)
@@ -248,6 +257,7 @@ def test_a_corrupt_upload_shows_the_servers_error(browser: Browser, server: Serv
 
 def test_every_other_card_answers_its_own_input(browser: Browser, server: Server, recording: Path, shots: Path) -> None:
     """The cards not tried above (mlp, and whatever task types the build has) each get an input and answer."""
+    browser.on_page(server)
     tried = {"cnn", "text", "speech"}
     for model in httpx.get(server.url + "/v1/models").json()["models"]:
         name, task = model["name"], model["task"]

@@ -325,7 +325,7 @@ function imageWidget(ui) {
   heat.alt = "Explanation heatmap";
   heat.hidden = true;
   wrap.append(pad, heat);
-  const ctx = canvas.getContext("2d");
+  const ctx = canvas.getContext("2d", { alpha: false });  // opaque: the PNG needs no compositing
   const state = { blob: null, name: "drawing.png", drawn: false };
   const blank = () => {
     ctx.fillStyle = "#fff";
@@ -418,7 +418,7 @@ function imageWidget(ui) {
   const controls = document.createElement("div");
   controls.className = "row";
   controls.append(
-    ui.button("Classify", send),
+    ui.button(ui.model.task === "anomaly-detection" ? "Check" : "Classify", send),
     ui.button("Clear", () => { blank(); ui.clear(); }, { secondary: true }),
     ui.fileInput("Upload image", "image/*", useFile),
   );
@@ -633,7 +633,7 @@ function audioWidget(ui) {
       const meta = document.createElement("p");
       meta.className = "meta";
       meta.textContent = `${p.duration_s.toFixed(2)} s of audio · confidence ${(p.confidence * 100).toFixed(0)}%`;
-      ui.result.replaceChildren(transcript(p, player), meta, notes(p.notes));
+      ui.result.replaceChildren(transcript(p, current), meta, notes(p.notes));
     });
   }
 
@@ -672,7 +672,7 @@ function audioWidget(ui) {
   ui.widget.append(controls, player, hint);
 }
 
-function transcript(p, player) {
+function transcript(p, clip) {
   const para = document.createElement("p");
   para.className = "transcript";
   para.setAttribute("aria-label", "Transcript");
@@ -692,27 +692,31 @@ function transcript(p, player) {
     b.textContent = w.text;
     if (w.start_s !== undefined) {
       b.title = `${w.start_s.toFixed(2)}–${w.end_s.toFixed(2)} s: click to hear it`;
-      b.addEventListener("click", () => playSpan(player, w.start_s, w.end_s, b));
+      b.addEventListener("click", () => playSpan(clip, w.start_s, w.end_s, b));
     }
     para.appendChild(b);
   }
   return para;
 }
 
-function playSpan(player, start, end, button) {
-  const onTime = () => {
-    if (player.currentTime >= end) { player.pause(); }
-  };
-  const done = () => {
-    button.classList.remove("playing");
-    player.removeEventListener("timeupdate", onTime);
-    player.removeEventListener("pause", done);
-  };
-  button.classList.add("playing");
-  player.addEventListener("timeupdate", onTime);
-  player.addEventListener("pause", done);
-  player.currentTime = Math.max(0, start - 0.05);
-  player.play().catch(done);
+// Word spans play from the decoded samples (Web Audio), not by seeking the <audio> element: a
+// MediaRecorder WebM has no index, so browsers seek in it badly or not at all.
+let audioContext = null;
+
+async function playSpan(clip, start, end, button) {
+  try {
+    audioContext = audioContext || new AudioContext();
+    if (!clip.decoded) clip.decoded = await audioContext.decodeAudioData(await clip.blob.arrayBuffer());
+    const source = audioContext.createBufferSource();
+    source.buffer = clip.decoded;
+    source.connect(audioContext.destination);
+    button.classList.add("playing");
+    source.addEventListener("ended", () => button.classList.remove("playing"));
+    const from = Math.max(0, start - 0.05);
+    source.start(0, from, end + 0.05 - from);
+  } catch {
+    button.classList.remove("playing");  // a format this browser cannot decode: the player still plays it all
+  }
 }
 
 // ---- image generation ----------------------------------------------------------------------------
