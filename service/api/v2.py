@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.api import infer
 from service.api.deps import RegistryDep
+from service.api.timing import SERVER_TIMING
 from service.errors import ModelNotReady, error_body
 from service.protocol.binary import HEADER_LENGTH
 from service.protocol.schema import (
@@ -41,7 +42,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: error_response("Invalid request: the error names the input, the rule and the value"),
     404: error_response("Unknown model or version"),
-    413: error_response("Request body too large"),
+    413: error_response("Request body over DEEPSERVE_MAX_REQUEST_BYTES, a gzip/deflate body inflating past "
+                        "DEEPSERVE_MAX_INFLATED_BYTES, or more tensor elements than DEEPSERVE_MAX_TENSOR_ELEMENTS"),
     415: error_response("Content-Encoding other than gzip, deflate or identity"),
     # FastAPI documents a 422 on every route with parameters; errors.py answers it in our error shape
     422: error_response("The request does not match the schema"),
@@ -201,7 +203,11 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
           "headers": {HEADER_LENGTH: {"description": "Set when any output is binary: byte length of the JSON "
                                                      "header at the start of the body",
-                                      "schema": {"type": "integer", "minimum": 1}}}},
+                                      "schema": {"type": "integer", "minimum": 1}},
+                      SERVER_TIMING: {"description": "Time in the batch queue, computing and in all, in ms: "
+                                                     "`queue;dur=0.1, compute;dur=1.2, total;dur=2.0` (on errors "
+                                                     "too)",
+                                      "schema": {"type": "string"}}}},
     **_ERRORS,
 }
 
