@@ -517,18 +517,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=Path("/tmp/demo_full"), help="repository with cnn, mlp")
     parser.add_argument("--repo", type=Path, default=Path("/tmp/demo_quick"), help="repository with text, speech")
-    parser.add_argument("--only", choices=["faithfulness", "sanity", "speed", "docs"], action="append")
+    parser.add_argument("--only", action="append",
+                        choices=["faithfulness", "digits", "tweets", "speech", "sanity", "speed", "docs"],
+                        help="parts to run (faithfulness = digits + tweets + speech); default: all but docs")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "explanations", help="where --only docs writes")
     parser.add_argument("--recording", type=Path, help="a WAV for the docs' speech picture")
     parser.add_argument("--digits", type=int, default=200)
     parser.add_argument("--tweets", type=int, default=500)
     parser.add_argument("--recordings", type=int, default=30)
     parser.add_argument("--sanity-digits", type=int, default=50)
+    parser.add_argument("--digit-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="explain option for the digit deletion test, e.g. method=kernel-shap budget=100")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS / "explain.json")
     args = parser.parse_args()
     parts = set(args.only or ["faithfulness", "sanity", "speed"])
+    if "faithfulness" in parts:
+        parts |= {"digits", "tweets", "speech"}
     results: dict[str, Any] = {"images": str(args.images), "repo": str(args.repo), "cpus": os.cpu_count(),
                                "note": "shared machine: compare ratios within this run"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -537,11 +543,15 @@ def main() -> None:
         try:
             with httpx.Client(base_url=server.url, timeout=300) as client:
                 pngs, truth = heldout_digits(max(args.digits, args.sanity_digits))
-                if "faithfulness" in parts:
-                    results["digits_cnn"] = digit_deletion(client, args.images, pngs[: args.digits], truth[: args.digits])
+                if "digits" in parts:
+                    params = dict(option.split("=", 1) for option in args.digit_option)
+                    results["digits_cnn"] = digit_deletion(client, args.images, pngs[: args.digits], truth[: args.digits],
+                                                           params=params)
                     print(json.dumps({"digits_cnn": results["digits_cnn"]}), flush=True)
+                if "tweets" in parts:
                     results["tweets"] = tweet_deletion(client, args.tweets)
                     print(json.dumps({"tweets": results["tweets"]}), flush=True)
+                if "speech" in parts:
                     results["speech"] = speech_deletion(client, args.recordings)
                     print(json.dumps({"speech": results["speech"]}), flush=True)
                 if "sanity" in parts:

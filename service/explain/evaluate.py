@@ -1,7 +1,8 @@
 """Run many perturbed copies of one input through a model's dynamic batcher at low priority.
 
-The copies go in chunks of the model's `max_batch_size`, a few chunks queued at a time (enough to
-keep every instance busy, few enough to bound memory for long recordings). Each chunk is an ordinary
+The copies go in chunks of at most LOW_PRIORITY_CHUNK items (a batch cannot be interrupted: small
+chunks keep the wait of an ordinary request that arrives behind one short), a few chunks queued at a
+time (enough to keep every instance busy, few enough to bound memory for long recordings). Each chunk is an ordinary
 batcher job of `Priority.LOW`: ordinary requests overtake it in the queue. One deadline covers the
 whole explanation; a failure or a cancellation (client gone) cancels every chunk still queued.
 """
@@ -20,15 +21,15 @@ from service.explain.kernelshap import BoolArray
 from service.repository.registry import LoadedModel
 from service.types import Tensor, TensorMap
 
-UNBATCHED_CHUNK = 16
-"""Copies per call for a model with batching off (its batcher runs each call on its own)."""
+LOW_PRIORITY_CHUNK = 16
+"""Most copies per batcher job; also the chunk for a model with batching off."""
 
 Build = Callable[[BoolArray], TensorMap]
 """(n, F) keep-flags -> the model inputs of those n copies."""
 
 
 def chunk_size(model: LoadedModel) -> int:
-    return model.config.max_batch_size or UNBATCHED_CHUNK
+    return min(model.config.max_batch_size or LOW_PRIORITY_CHUNK, LOW_PRIORITY_CHUNK)
 
 
 def timeout_s(model: LoadedModel, default_s: float) -> float:

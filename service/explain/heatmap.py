@@ -37,5 +37,5 @@ def overlay(picture: Image.Image, values: npt.NDArray[np.float64]) -> Image.Imag
 def overlay_png(picture: Image.Image, values: npt.NDArray[np.float64]) -> str:
     """`overlay` as a base64 PNG."""
     buffer = io.BytesIO()
-    overlay(picture, values).save(buffer, format="PNG", optimize=True)
+    overlay(picture, values).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

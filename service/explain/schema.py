@@ -71,16 +71,16 @@ class ExplanationBase(BaseModel):
 
 
 class ImageExplanation(ExplanationBase):
+    # a real answer of the demo cnn for a 7 drawn on a 280x280 page (docs/explanations.md), maps cut short
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "model": "cnn", "version": "1", "task": "image-classification", "method": "kernel-shap",
-        "explained": "probability of label '7'", "target": "7", "score": 0.998,
-        "baseline": {"kind": "blur", "description": "Gaussian blur (sigma 3.5 px) of the model input",
-                     "score": 0.012},
-        "evaluations": 256, "seed": 0,
-        "efficiency": {"total": 0.986, "expected": 0.986, "tolerance": 1e-06},
-        "prediction": [{"label": "7", "score": 0.998}, {"label": "1", "score": 0.001}],
-        "segments": 49, "size": [28, 28], "attributions": [[0.0, 0.01, "..."]], "image_size": [28, 28],
-        "image_attributions": [[0.0, 0.01, "..."]], "heatmap_png": "iVBORw0KGgo...",
+        "model": "cnn", "version": "1", "task": "image-classification", "method": "occlusion",
+        "explained": "probability of label '7'", "target": "7", "score": 0.9461,
+        "baseline": {"kind": "black", "description": "black (pixel value 0 after the task's inversion, normalised)",
+                     "score": 0.0119},
+        "evaluations": 51, "seed": 0,
+        "prediction": [{"label": "7", "score": 0.9461}, {"label": "0", "score": 0.0132}],
+        "segments": 49, "size": [28, 28], "attributions": [[0.0, 0.0, 0.0041]], "image_size": [280, 280],
+        "image_attributions": [[0.0, 0.0, 0.0041]], "heatmap_png": "iVBORw0KGgoAAAANSUhEUgAAARgAAAEYCAIAAAAI7H7bAAA...",
     }]})
     segments: int
     """Grid cells the image was split into (the features)."""
@@ -106,13 +106,18 @@ class WordScore(BaseModel):
 
 
 class TextExplanation(ExplanationBase):
+    # a real answer of the demo (quick) text model, words cut short
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "text", "version": "1", "task": "text-classification", "method": "kernel-shap",
-        "explained": "probability of label 'negative'", "target": "negative", "score": 0.93,
-        "baseline": {"kind": "mask-token", "description": "every word replaced by [MASK]", "score": 0.41},
-        "evaluations": 66, "seed": 0, "efficiency": {"total": 0.52, "expected": 0.52, "tolerance": 1e-06},
-        "prediction": [{"label": "negative", "score": 0.93}],
-        "words": [{"text": "awful", "start": 8, "end": 13, "score": 0.44}], "tokens": 6, "truncated": False,
+        "explained": "softmax probability of label 'negative'", "target": "negative", "score": 0.311,
+        "baseline": {"kind": "attention-mask", "description": "each removed word's tokens hidden through the "
+                     "attention mask (as padding); the baseline removes every word", "score": 0.1764},
+        "evaluations": 64, "seed": 0, "efficiency": {"total": 0.1346, "expected": 0.1346, "tolerance": 1e-06},
+        "prediction": [{"label": "neutral", "score": 0.435}, {"label": "negative", "score": 0.311},
+                       {"label": "positive", "score": 0.254}],
+        "words": [{"text": "worst", "start": 0, "end": 5, "score": -0.0252},
+                  {"text": "service", "start": 15, "end": 22, "score": 0.0522}],
+        "tokens": 16, "truncated": False,
     }]})
     words: list[WordScore]
     """Every word of the text (WordPiece pieces merged back), in order."""
@@ -132,6 +137,7 @@ class TimedWordScore(TimedScore):
 
 
 class AudioExplanation(ExplanationBase):
+    # the shape of a real answer; the numbers are illustrative (the quick demo speech model transcribes nothing)
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "speech", "version": "1", "task": "speech-recognition", "method": "occlusion",
         "explained": "log-probability of the transcript 'yes' (CTC, all alignments)", "target": None,
