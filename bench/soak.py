@@ -93,6 +93,7 @@ class Report:
     samples: list[Sample] = field(default_factory=list)
     settle_s: float = 0.0
     max_slow_connections: int = 0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
 
     def sample_at(self, t: float) -> Sample:
         return min(self.samples, key=lambda s: abs(s.t - t))
@@ -130,6 +131,8 @@ class Report:
             "statuses": dict(self.statuses), "5xx": dict(self.server_errors), "lost": self.lost,
             "mismatched": self.mismatched, "bad_inputs_not_refused": self.bad_refusals, "notes": dict(self.notes),
             "chaos": dict(self.chaos),
+            "latency_s": {kind: {"p50": round(float(np.percentile(v, 50)), 3), "p99": round(float(np.percentile(v, 99)), 3),
+                                 "max": round(max(v), 3)} for kind, v in sorted(self.latencies.items())},
             "rss_mb": {"start": first.rss_mb, f"at_{self.settle_s:.0f}s": settle.rss_mb, "end": last.rss_mb,
                        "max": max(s.rss_mb for s in self.samples), "drift_from_settle": round(self.rss_drift, 4)},
             "fds": {"start": first.fds, f"at_{self.settle_s:.0f}s": settle.fds, "end": last.fds,
@@ -303,7 +306,14 @@ class Traffic:
 
     async def one(self) -> Outcome:
         bad = self.rng.random() < 0.1  # one request in ten from the corpus of bad inputs
-        return await (self.rng.choice(self.bad) if bad else self.rng.choice(self.kinds)[1])()
+        send = self.rng.choice(self.bad) if bad else self.rng.choice(self.kinds)[1]
+        started = time.monotonic()
+        try:
+            outcome = await send()
+        except httpx.HTTPError as exc:
+            outcome = Outcome(send.__name__, None, False, f"lost: {type(exc).__name__}")
+        self.report.latencies.setdefault(outcome.kind, []).append(time.monotonic() - started)
+        return outcome
 
     # -- good requests --
 
@@ -591,11 +601,7 @@ async def run_phase(traffic: Traffic, client: httpx.AsyncClient, process: subpro
 
     async def worker() -> None:
         while time.monotonic() < stop_at:
-            try:
-                outcome = await traffic.one()
-            except httpx.HTTPError as exc:
-                outcome = Outcome("transport", None, False, f"lost: {type(exc).__name__}")
-            record(report, outcome)
+            record(report, await traffic.one())
 
     async def chaos() -> None:
         next_reload, next_cycle = started + args.reload_every, started + args.cycle_every
