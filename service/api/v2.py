@@ -51,9 +51,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: error_response("Model not ready, queue full or shutting down", headers=_RETRY_AFTER),
     504: error_response("The request's timeout passed before it was computed"),
 }
-_PROBE = {200: {"description": "Ready (empty body)"},
+_PROBE: dict[int | str, dict[str, Any]] = {200: {"description": "Ready (empty body)"},
           503: error_response("Not ready; `error` says why", headers=_RETRY_AFTER)}
-_LOOKUP_ERRORS = {code: _ERRORS[code] for code in (404, 422)}
+_LOOKUP_ERRORS: dict[int | str, dict[str, Any]] = {code: _ERRORS[code] for code in (404, 422)}
 """Metadata and readiness only look a model up: an unknown name or version (404) is their only error."""
 
 
