@@ -373,3 +373,14 @@ async def test_a_client_that_disconnects_cancels_its_queued_explanation(repo: Pa
             # the blocker and the predict ran; not one of the explanation's 51 copies did
             assert await count("deepserve_batch_size_count") - batches == 2.0
             assert await count("deepserve_batch_size_sum") - items == 2.0
+
+
+async def test_a_model_with_batching_off_is_explained_one_copy_per_call(repo: Path, app_client: AppClient) -> None:
+    write_image_model(repo, "single", max_batch_size=0)
+    async with app_client(**CPU) as client:
+        response = await client.post("/v1/models/single/explain", content=png(np.full((28, 28), 200)),
+                                     headers={"content-type": "image/png"})
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 200, response.text
+    assert response.json()["evaluations"] == 51
+    assert metric(metrics, "deepserve_batch_size_count", "single") == 51.0  # one job per copy

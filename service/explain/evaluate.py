@@ -22,14 +22,15 @@ from service.repository.registry import LoadedModel
 from service.types import Tensor, TensorMap
 
 LOW_PRIORITY_CHUNK = 16
-"""Most copies per batcher job; also the chunk for a model with batching off."""
+"""Most copies per batcher job. A model with batching off gets one copy per call: its batch axis may
+be fixed at 1, as /predict sends it."""
 
 Build = Callable[[BoolArray], TensorMap]
 """(n, F) keep-flags -> the model inputs of those n copies."""
 
 
 def chunk_size(model: LoadedModel) -> int:
-    return min(model.config.max_batch_size or LOW_PRIORITY_CHUNK, LOW_PRIORITY_CHUNK)
+    return min(model.config.max_batch_size, LOW_PRIORITY_CHUNK) if model.config.max_batch_size else 1
 
 
 def timeout_s(model: LoadedModel, default_s: float) -> float:
