@@ -13,12 +13,14 @@ from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from service import metrics
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.tasks import OptionsDep, openapi_body, read_payload
+from service.api.timing import start as start_timing
+from service.api.timing import timed
 from service.errors import InvalidInput
 from service.explain import options
 from service.explain.explainers import EXPLAINERS, explain
@@ -116,15 +118,18 @@ async def _disconnected(request: Request) -> None:
     responses=_ERRORS,
 )
 async def explain_latest(
-    name: str, request: Request, registry: RegistryDep, settings: SettingsDep, predict: OptionsDep,
-    method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
+    name: str, request: Request, response: Response, registry: RegistryDep, settings: SettingsDep,
+    predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
     baseline: BaselineKind = None,
 ) -> ExplainResponse:
+    timing = start_timing()  # Server-Timing: the batcher adds every evaluation's queue and compute time
     query = {"method": method, "target": target, "budget": budget, "seed": seed, "baseline": baseline}
     with metrics.track_lookup(metrics.V1_EXPLAIN, name, None):
         model = registry.get(name, None)
     with metrics.track(metrics.V1_EXPLAIN, model.name, model.version):  # counted as /v1 predict and v2 infer are
-        return await _explain(model, request, settings, predict, query)
+        result = await _explain(model, request, settings, predict, query)
+    timed(response, timing)
+    return result
 
 
 @router.post(
@@ -137,12 +142,15 @@ async def explain_latest(
     responses=_ERRORS,
 )
 async def explain_version(
-    name: str, version: str, request: Request, registry: RegistryDep, settings: SettingsDep, predict: OptionsDep,
-    method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
+    name: str, version: str, request: Request, response: Response, registry: RegistryDep, settings: SettingsDep,
+    predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
     baseline: BaselineKind = None,
 ) -> ExplainResponse:
+    timing = start_timing()  # Server-Timing: the batcher adds every evaluation's queue and compute time
     query = {"method": method, "target": target, "budget": budget, "seed": seed, "baseline": baseline}
     with metrics.track_lookup(metrics.V1_EXPLAIN, name, version):
         model = registry.get(name, version)
     with metrics.track(metrics.V1_EXPLAIN, model.name, model.version):  # counted as /v1 predict and v2 infer are
-        return await _explain(model, request, settings, predict, query)
+        result = await _explain(model, request, settings, predict, query)
+    timed(response, timing)
+    return result
