@@ -219,7 +219,7 @@ class MiniLMRecipe:
     name = "minilm"
     description = "Tweet sentiment by fine-tuning pre-trained all-MiniLM-L6-v2 (opt-in; + minilm-embedding)"
     in_default_build = False
-    """Not built by a bare `deepserve-train build`: ask for it by name (about 40 min on 2 shared cores)."""
+    """Not built by a bare `deepserve-train build`: ask for it by name (27 min on 2 heavily shared cores)."""
 
     def build(self, opts: BuildOptions) -> FamilyResult:
         started = time.monotonic()
