@@ -6,10 +6,14 @@ a process does. Small bodies stay inline, where the round trip to a process (pic
 the arrays) would cost more than the work; `min_bytes` is that threshold (measured: see
 `docs/architecture.md`). A compressed body is inflated inline only while it stays under `min_bytes`.
 
-Bounded: `workers` processes at a lower CPU priority (nice +10), started at the first big body (a server that never sees one never
-starts them), and at most two jobs per worker handed over at a time; the rest wait on the event loop,
-holding only their body. A worker that dies (killed, out of memory) fails its requests with a 500 and
-the pool is made again for the next one.
+A body is read into memory until it reaches `min_bytes`, then spooled to a temporary file as it arrives
+(`receive`), and the worker reads the file: pickling a 32 MB body to the worker held the GIL for a long
+copy. Bounded: `workers` processes at a lower CPU priority (nice +10), started at the first big body (a
+server that never sees one never starts them), and at most two jobs per worker handed over at a time;
+the rest wait on the event loop, holding only their (spooled) body. A worker that dies (killed, out of memory) fails its requests with a 500 and
+the pool is made again for the next one. Workers are spawned (not forked: the server runs ONNX Runtime
+and event-loop threads), which imports the main module again in each: `python -m service` and the
+uvicorn factory are fine; a script that starts the server itself needs `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
