@@ -27,7 +27,9 @@ async def test_predict_answers_with_server_timing(repo: Path, app_client: AppCli
     assert timing["total"] >= timing["queue"] + timing["compute"]
 
 
-async def test_explain_answers_with_server_timing_of_all_its_evaluations(repo: Path, app_client: AppClient) -> None:
+async def test_explain_answers_with_server_timing_of_all_its_evaluations(
+    repo: Path, app_client: AppClient
+) -> None:
     write_text_model(repo)
     async with app_client(providers=["CPUExecutionProvider"]) as client:
         explained = await client.post("/v1/models/sentiment/explain?method=occlusion",

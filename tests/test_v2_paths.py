@@ -38,7 +38,8 @@ def gather_model() -> Any:
     table = numpy_helper.from_array(np.array([0.5, 1.5, 2.5], dtype=np.float32), "table")
     return _model([helper.make_node("Gather", ["table", "i"], ["y"], axis=0)],
                   [helper.make_tensor_value_info("i", TensorProto.INT64, ["batch", 1])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], [table], name="gather")
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], [table],
+                  name="gather")
 
 
 @pytest.fixture
@@ -191,7 +192,8 @@ async def test_big_gzip_body_is_inflated_in_a_worker(models: Path) -> None:
     assert len(body) < 2048 < len(x_body(x))
     decoded = offloaded("decode")
     async with serve(models, codec_workers=1, codec_offload_bytes=2048) as (_, client):
-        response = await client.post("/v2/models/clf/infer", content=body, headers={"content-encoding": "gzip"})
+        response = await client.post("/v2/models/clf/infer", content=body,
+                                     headers={"content-encoding": "gzip"})
     assert response.status_code == 200, response.text
     assert offloaded("decode") == decoded + 1
     assert np.array(response.json()["outputs"][0]["data"]).shape == (32 * 3,)

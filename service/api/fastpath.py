@@ -26,7 +26,8 @@ class InferFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = _INFER.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        match = _INFER.fullmatch(scope["path"]) if post else None
         if match is None:
             await self.app(scope, receive, send)
             return

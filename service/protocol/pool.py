@@ -10,10 +10,11 @@ A body is read into memory until it reaches `min_bytes`, then spooled to a tempo
 (`receive`), and the worker reads the file: pickling a 32 MB body to the worker held the GIL for a long
 copy. Bounded: `workers` processes at a lower CPU priority (nice +10), started at the first big body (a
 server that never sees one never starts them), and at most two jobs per worker handed over at a time;
-the rest wait on the event loop, holding only their (spooled) body. A worker that dies (killed, out of memory) fails its requests with a 500 and
-the pool is made again for the next one. Workers are spawned (not forked: the server runs ONNX Runtime
-and event-loop threads), which imports the main module again in each: `python -m service` and the
-uvicorn factory are fine; a script that starts the server itself needs `if __name__ == "__main__":`.
+the rest wait on the event loop, holding only their (spooled) body. A worker that dies (killed, out of
+memory) fails its requests with a 500 and the pool is made again for the next one. Workers are spawned
+(not forked: the server runs ONNX Runtime and event-loop threads), which imports the main module again
+in each: `python -m service` and the uvicorn factory are fine; a script that starts the server itself
+needs `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class CodecPool:
         if isinstance(body, SpooledBody):
             try:
                 CODEC_OFFLOADED.labels("decode").inc()
-                return await self._submit(_decode_file, body.path, content_encoding, header_length, self.limits)
+                return await self._submit(_decode_file, body.path, content_encoding, header_length,
+                                          self.limits)
             finally:
                 body.discard()
         if self.workers == 0:
