@@ -122,14 +122,14 @@ async def explain_image(model: LoadedModel, payload: Payload, opts: ExplainOptio
     label = labels.label_names(names, probs.shape[1])[target]
     ranked = labels.rank(probs[0], names, top_k=task.top_k, return_all=False)
     return ImageExplanation(
-        model=model.name, version=model.version, task=task.type, method=plan.method,  # type: ignore[arg-type]
+        model=model.name, version=model.version, task=task.type, method=plan.method,
         explained=f"probability of label '{label}'" if task.logits else f"score of label '{label}'",
         target=label, score=float(scores[0]),
         baseline=Baseline(kind=kind, description=words, score=float(scores[1])),
         evaluations=int(plan.coalitions.masks.shape[0]), seed=opts.seed, efficiency=efficiency,
         prediction=[LabelScore(label=n, score=s) for n, s in ranked.top],
         segments=count, size=task.size, attributions=_rounded(model_map), image_size=image_size,
-        image_attributions=_rounded(image_map) if image_map.size <= MAX_MAP_PIXELS else None,
+        image_attributions=_rounded(image_map) if image_map is not None else None,
         heatmap_png=png,
     )
 
@@ -138,14 +138,24 @@ def _rounded(values: Scores) -> list[list[float]]:
     return [[float(f"{v:.6g}") for v in row] for row in values.tolist()]
 
 
-def _render(data: bytes, model_map: Scores, task: ImageClassificationTask) -> tuple[tuple[int, int], Scores, str]:
-    """(image height, width), the map at the image's size, and the heatmap PNG (base64)."""
+def _render(
+    data: bytes, model_map: Scores, task: ImageClassificationTask
+) -> tuple[tuple[int, int], Scores | None, str]:
+    """(image height, width), the map at the image's size (None over MAX_MAP_PIXELS), the heatmap PNG.
+
+    Large images are scaled to the heatmap's size first, so a 40-megapixel photo never gets a
+    40-megapixel float map.
+    """
     opened = Image.open(io.BytesIO(data), formats=image.FORMATS)  # decode_image accepted these bytes
     opened.seek(0)
     picture = ImageOps.exif_transpose(opened).convert("RGB")
     width, height = picture.size
-    image_map = to_image_size(model_map, (height, width), task)
-    return (height, width), image_map, heatmap.overlay_png(picture, image_map)
+    scale = min(1.0, heatmap.MAX_SIDE / max(width, height))
+    if scale < 1.0:
+        picture = picture.resize((max(1, round(width * scale)), max(1, round(height * scale))))
+    shown_map = to_image_size(model_map, (picture.height, picture.width), task)
+    image_map = shown_map if scale == 1.0 and width * height <= MAX_MAP_PIXELS else None
+    return (height, width), image_map, heatmap.overlay_png(picture, shown_map)
 
 
 def to_image_size(model_map: Scores, size: tuple[int, int], task: ImageClassificationTask) -> Scores:

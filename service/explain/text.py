@@ -119,7 +119,7 @@ async def explain_text(model: LoadedModel, payload: Payload, opts: ExplainOption
         else ("attention-mask", "each removed word's tokens hidden through the attention mask (as padding)")
     )
     return TextExplanation(
-        model=model.name, version=model.version, task=task.type, method=plan.method,  # type: ignore[arg-type]
+        model=model.name, version=model.version, task=task.type, method=plan.method,
         explained=f"{'sigmoid' if task.multi_label else 'softmax'} probability of label '{label}'",
         target=label, score=float(scores[0]),
         baseline=Baseline(kind=kind, description=f"{description}; the baseline removes every word",

@@ -32,7 +32,7 @@ def log_softmax(logits: npt.NDArray[np.floating], axis: int = -1) -> npt.NDArray
 
 def sigmoid(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     x = np.clip(logits.astype(np.float64), -500.0, 500.0)
-    return 1.0 / (1.0 + np.exp(-x))  # type: ignore[no-any-return]
+    return 1.0 / (1.0 + np.exp(-x))  # type: ignore[no-any-return, unused-ignore]
 
 
 def label_names(labels: Sequence[str], count: int) -> list[str]:
