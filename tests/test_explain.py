@@ -384,3 +384,16 @@ async def test_a_model_with_batching_off_is_explained_one_copy_per_call(repo: Pa
     assert response.status_code == 200, response.text
     assert response.json()["evaluations"] == 51
     assert metric(metrics, "deepserve_batch_size_count", "single") == 51.0  # one job per copy
+
+
+async def test_a_large_photo_gets_a_heatmap_but_no_full_size_map(repo: Path, app_client: AppClient) -> None:
+    write_image_model(repo, "digits", max_batch_size=32)
+    photo = np.random.default_rng(3).integers(0, 256, size=(1500, 2000))
+    async with app_client(**CPU) as client:
+        response = await client.post("/v1/models/digits/explain", content=png(photo),
+                                     headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image_size"] == [1500, 2000] and "image_attributions" not in body  # null, left out
+    heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert heatmap.size == (1024, 768)

@@ -33,10 +33,6 @@ def chunk_size(model: LoadedModel) -> int:
     return min(model.config.max_batch_size, LOW_PRIORITY_CHUNK) if model.config.max_batch_size else 1
 
 
-def timeout_s(model: LoadedModel, default_s: float) -> float:
-    return model.config.request_timeout_s or default_s
-
-
 async def evaluate(model: LoadedModel, masks: BoolArray, build: Build, *, timeout_s: float) -> list[TensorMap]:
     """Outputs for every row of `masks`, in order, one TensorMap per chunk of `chunk_size(model)` rows.
 
