@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,9 +25,13 @@ from fastapi import FastAPI
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import _model, classifier_model, write_model
 from prometheus_client import REGISTRY
+from starlette.requests import ClientDisconnect
 
 from service.api.fastpath import InferFastPath
 from service.app import create_app
+from service.errors import InvalidInput
+from service.protocol.codec import DecodeLimits
+from service.protocol.pool import CodecPool
 from service.settings import Settings
 
 HEADER = "Inference-Header-Content-Length"
@@ -197,3 +202,31 @@ async def test_big_gzip_body_is_inflated_in_a_worker(models: Path) -> None:
     assert response.status_code == 200, response.text
     assert offloaded("decode") == decoded + 1
     assert np.array(response.json()["outputs"][0]["data"]).shape == (32 * 3,)
+
+
+async def test_spooled_bodies_leave_no_files_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body over the threshold is spooled to a file; decoded, refused or cut off, the file goes."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pool = CodecPool(workers=1, min_bytes=64, limits=DecodeLimits())
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+
+    async def chunks(body: bytes, *, fail: bool = False) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 50):
+            yield body[start:start + 50]
+            if fail and start >= 100:
+                raise ClientDisconnect
+
+    try:
+        body = await pool.receive(chunks(x_body(x)))
+        assert list(tmp_path.rglob("*.body"))  # spooled, not kept in memory
+        decoded = await pool.decode(body, content_encoding=None, header_length=None)
+        np.testing.assert_array_equal(decoded.inputs["x"], x)
+        bad = await pool.receive(chunks(b'{"inputs": [' + b" " * 200))
+        with pytest.raises(InvalidInput, match="not valid JSON"):
+            await pool.decode(bad, content_encoding=None, header_length=None)
+        with pytest.raises(ClientDisconnect):
+            await pool.receive(chunks(x_body(x), fail=True))
+        assert not list(tmp_path.rglob("*.body"))
+    finally:
+        pool.close()
+    assert not list(tmp_path.iterdir())
