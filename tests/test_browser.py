@@ -25,8 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import soundfile
 from PIL import Image, ImageDraw
 from server import Server, run_server
+from task_models import spell, write_speech_model
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -336,3 +338,23 @@ def test_the_browser_asked_no_other_host(browser: Browser, server: Server) -> No
     errors = [e["message"] for e in browser.driver.get_log("browser") if e["level"] == "SEVERE"
               and "/predict" not in e["message"]]  # the corrupt upload's 400 is logged by the browser
     assert errors == []
+
+
+def test_transcript_words_play_their_own_span(browser: Browser, repo: Path, tmp_path: Path) -> None:
+    """A tiny CTC model that spells DC levels (tests/task_models.py) gives words with time spans; clicking
+    a word plays that span from the decoded recording (Web Audio) and marks the word while it plays."""
+    write_speech_model(repo, "speech")
+    wav = tmp_path / "bad-dab.wav"
+    buffer = io.BytesIO()
+    soundfile.write(buffer, spell("bad dab", frames_per_symbol=20), 16000, format="WAV")
+    wav.write_bytes(buffer.getvalue())
+    with run_server(repo, log_dir=tmp_path) as tiny:
+        browser.open(tiny.url + "/")
+        browser.card("speech").find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(wav))
+        assert browser.settled("speech") == "done"
+        words = browser.card("speech").find_elements(By.CSS_SELECTOR, ".transcript .word")
+        assert [w.text for w in words] == ["bad", "dab"]
+        assert words[1].get_attribute("title").startswith("0.88–1.52 s")
+        words[1].click()
+        browser.wait(lambda _: "playing" in (words[1].get_attribute("class") or ""))
+        browser.wait(lambda _: "playing" not in (words[1].get_attribute("class") or ""))  # the span's end
