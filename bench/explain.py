@@ -346,7 +346,21 @@ def p50(client: httpx.Client, repeats: int, method: str, url: str, **kwargs: Any
     return 1000 * statistics.median(times)
 
 
-def speed(client: httpx.Client, url: str, digit: bytes, seconds: float, repeats: int) -> dict[str, Any]:
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds the server process has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(client: httpx.Client, pid: int, repeats: int, url: str, **kwargs: Any) -> float:
+    """Server CPU milliseconds per request, sequential requests (the figure that does not depend on load)."""
+    before = server_cpu_s(pid)
+    for _ in range(repeats):
+        client.post(url, **kwargs).raise_for_status()
+    return 1000 * (server_cpu_s(pid) - before) / repeats
+
+
+def speed(client: httpx.Client, url: str, digit: bytes, seconds: float, repeats: int, pid: int) -> dict[str, Any]:
     image = {"content": digit, "headers": {"content-type": "image/png"}}
     sentence = ("honestly this was the worst customer service i have ever had and i will never "
                 "fly with them again because they lost my bag")  # 24 words
@@ -360,6 +374,8 @@ def speed(client: httpx.Client, url: str, digit: bytes, seconds: float, repeats:
         out[name] = {"explain_p50_ms": p50(client, repeats, "POST", f"/v1/models/{model}/explain", **kwargs),
                      "predict_p50_ms": p50(client, repeats, "POST", f"/v1/models/{model}/predict", **kwargs)}
         out[name]["ratio"] = out[name]["explain_p50_ms"] / out[name]["predict_p50_ms"]
+        out[name]["explain_cpu_ms"] = cpu_per_request(client, pid, repeats, f"/v1/models/{model}/explain", **kwargs)
+        out[name]["predict_cpu_ms"] = cpu_per_request(client, pid, repeats, f"/v1/models/{model}/predict", **kwargs)
     quiet, busy = asyncio.run(_predict_under_explanations(url, digit, seconds))
     out["predict_c8"] = {"alone_p50_ms": quiet, "with_1_explain_per_s_p50_ms": busy, "ratio": busy / quiet}
     return out
@@ -561,7 +577,8 @@ def main() -> None:
                     docs_pictures(client, args.docs, args.recording)
                     return
                 if "speed" in parts:
-                    results["speed"] = speed(client, server.url, pngs[0], args.seconds, args.repeats)
+                    results["speed"] = speed(client, server.url, pngs[0], args.seconds, args.repeats,
+                                             server.process.pid)
                     print(json.dumps({"speed": results["speed"]}), flush=True)
         finally:
             server.stop()
