@@ -305,3 +305,17 @@ def test_v1_embedding_fills_token_type_ids_and_uses_the_servers_padding(server: 
     states = in_process(models_dir / "minilm.onnx", feed)["last_hidden_state"][0]
     expected = states.mean(axis=0) / np.linalg.norm(states.mean(axis=0))
     np.testing.assert_allclose(vectors[0], expected, atol=1e-5)
+
+
+def test_the_minilm_export_matches_pytorch(models_dir: Path) -> None:
+    import torch
+
+    from models.nets.bert import BertConfig, BertEncoder, load_pretrained
+
+    encoder = BertEncoder(BertConfig())
+    load_pretrained(encoder, MINILM_DIR)
+    inputs = minilm_inputs()
+    with torch.no_grad():
+        expected = encoder.eval()(*(torch.from_numpy(inputs[n]) for n in inputs)).numpy()
+    got = in_process(models_dir / "minilm.onnx", inputs)["last_hidden_state"]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
