@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from conftest import AppClient
 from onnx_models import batch_size_model, classifier_model, classifier_weights, slow_model, write_model
@@ -26,6 +27,14 @@ def histogram(metrics: str, name: str, model: str) -> tuple[float, float]:
             if line.startswith(f"{name}{part}{{") and f'model="{model}"' in line:
                 values[part] = float(line.rsplit(" ", 1)[1])
     return values["_sum"], values["_count"]
+
+
+async def queued_jobs(client: httpx.AsyncClient, model: str) -> float:
+    """Jobs of `model` that went through a batch queue so far (the queue-time histogram's count)."""
+    text = (await client.get("/metrics")).text
+    if f'deepserve_queue_duration_seconds_count{{model="{model}"' not in text:
+        return 0.0
+    return histogram(text, "deepserve_queue_duration_seconds", model)[1]
 
 
 async def test_concurrent_requests_are_computed_in_shared_batches(repo: Path, app_client: AppClient) -> None:
@@ -49,6 +58,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(repo: Path, app
     write_model(repo, "slow", slow_model(width=1024, depth=48), config={"max_batch_size": 0, "max_queue_size": 2})
     x = np.zeros((1, 1024), np.float32)
     async with app_client(**CPU) as client:
+        before = await queued_jobs(client, "slow")  # the registry is process-wide: other tests' "slow" counted
         results = await asyncio.gather(*(client.post("/v2/models/slow/infer", json=body("x", x)) for _ in range(12)))
         statuses = sorted(r.status_code for r in results)
         assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
@@ -58,7 +68,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(repo: Path, app
                 assert response.headers["retry-after"].isdigit(), response.headers
                 assert response.json()["code"] == "queue_full", response.text
         # refused, not queued: only the answered requests ever waited in the queue
-        _, queued = histogram((await client.get("/metrics")).text, "deepserve_queue_duration_seconds", "slow")
+        queued = await queued_jobs(client, "slow") - before
         assert queued == statuses.count(200), (queued, statuses)
 
 
