@@ -111,8 +111,10 @@ def not_accepted(reason: object) -> bool:
 def inflight(url: str, command: list[str], clients: int = 8, model: str = "speech") -> int:
     """Every request the server accepted before or after SIGTERM completes with 200.
 
-    A refused connection is not a loss (the listener is closed, a load balancer tries another replica);
-    anything else after the request was sent (reset, empty reply, 5xx) is.
+    Not losses, counted apart: a refused connection (the listener is closed) and `unread`, a connection
+    reset while the request was still being sent (at shutdown the server closes connections whose
+    request it has not read yet); a load balancer retries both on another replica. Anything else once
+    the request was sent (reset, empty reply, 5xx) is a loss.
     """
     body = v2_request(get(f"{url}/v2/models/{model}"), seconds=10.0)
     data = json.dumps(body).encode()
@@ -132,8 +134,13 @@ def inflight(url: str, command: list[str], clients: int = 8, model: str = "speec
                     outcome = str(response.status)
             except urllib.error.HTTPError as exc:
                 outcome = str(exc.code)
-            except urllib.error.URLError as exc:  # connect or send failed; a refused connect was never accepted
-                outcome = "refused" if not_accepted(exc.reason) else f"error:{exc.reason}"
+            except urllib.error.URLError as exc:  # connect or send failed, so the server never read the request
+                if not_accepted(exc.reason):
+                    outcome = "refused"
+                elif isinstance(exc.reason, (ConnectionResetError, BrokenPipeError)):
+                    outcome = "unread"
+                else:
+                    outcome = f"error:{exc.reason}"
             except OSError as exc:
                 outcome = f"error:{type(exc).__name__}"
             with lock:
@@ -152,11 +159,12 @@ def inflight(url: str, command: list[str], clients: int = 8, model: str = "speec
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     for thread in threads:
         thread.join(timeout=120)
-    during = [r for r in records if r[0] < signalled < r[1]]
+    during = [r for r in records if r[0] < signalled < r[1] and r[2] != "unread"]
     completed = sum(r[2] == "200" for r in during)
-    lost = [r[2] for r in records if r[2] not in ("200", "refused")]
+    unread = sum(r[2] == "unread" for r in records)
+    lost = [r[2] for r in records if r[2] not in ("200", "refused", "unread")]
     emit(f"sigterm_in_flight={len(during)} sigterm_in_flight_completed={completed} "
-          f"sigterm_lost={len(lost)} requests={len(records)}")
+         f"sigterm_lost={len(lost)} sigterm_unread={unread} requests={len(records)}")
     if lost:
         emit(f"lost outcomes: {sorted(set(lost))}")
     return 0 if during and completed == len(during) and not lost else 1
