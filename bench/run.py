@@ -159,6 +159,7 @@ def pytriton(repo: Path, log_dir: Path, models: list[str]) -> Iterator[str | Non
         print(f"PyTriton peer skipped: {PYTRITON_PYTHON} is missing; run bench/setup_pytriton.sh", file=sys.stderr)
         yield None
         return
+    port_free(PYTRITON_PORT)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
     log = (log_dir / "pytriton.log").open("wb")
@@ -185,9 +186,19 @@ def pytriton(repo: Path, log_dir: Path, models: list[str]) -> Iterator[str | Non
 SESSIONS: dict[str, int] = {}
 
 
+def port_free(port: int) -> None:
+    """Refuse to start beside a server left on `port` (readiness checks would reach it instead)."""
+    import socket
+
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} is in use (a server from an earlier run?); stop it first")
+
+
 @contextlib.contextmanager
 def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]:
     """`python -m service serve` on `port` (loopback) with the given DEEPSERVE_* overrides."""
+    port_free(port)
     full_env = {**os.environ, "DEEPSERVE_MODEL_REPOSITORY": str(repo), "DEEPSERVE_HOST": "127.0.0.1",
                 "DEEPSERVE_PORT": str(port), "DEEPSERVE_LOG_LEVEL": "WARNING", **env}
     log = (log_dir / f"deepserve-{port}.log").open("wb")
