@@ -230,3 +230,23 @@ async def test_spooled_bodies_leave_no_files_behind(tmp_path: Path, monkeypatch:
     finally:
         pool.close()
     assert not list(tmp_path.iterdir())
+
+
+async def test_big_bodies_are_served_where_no_temporary_file_can_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # mkdtemp fails: no such folder
+    pool = CodecPool(workers=1, min_bytes=64, limits=DecodeLimits())
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+
+    async def chunks(body: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 50):
+            yield body[start:start + 50]
+
+    try:
+        body = await pool.receive(chunks(x_body(x)))
+        assert body == x_body(x)  # kept whole, in memory
+        decoded = await pool.decode(body, content_encoding=None, header_length=None)  # pickled to the worker
+        np.testing.assert_array_equal(decoded.inputs["x"], x)
+    finally:
+        pool.close()

@@ -60,6 +60,7 @@ class CodecPool:
         self._executor: ProcessPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
         self._folder: Path | None = None
+        self._spooling = True
 
     async def receive(self, chunks: AsyncIterator[bytes]) -> Body:
         """Read a body: in memory while under `min_bytes`, then spooled to a file chunk by chunk, so a big
@@ -74,11 +75,10 @@ class CodecPool:
                     continue
                 parts.append(chunk)
                 size += len(chunk)
-                if self.workers and size >= self.min_bytes:
-                    spool = SpooledBody.create(self._spool_dir())
-                    for part in parts:
-                        spool.write(part)
-                    parts = []
+                if self.workers and size >= self.min_bytes and self._spooling:
+                    spool = self._spool(parts)
+                    if spool is not None:
+                        parts = []
         except BaseException:
             if spool is not None:
                 spool.discard()
@@ -135,10 +135,20 @@ class CodecPool:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _spool_dir(self) -> Path:
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="deepserve-bodies-"))
-        return self._folder
+    def _spool(self, parts: list[bytes]) -> SpooledBody | None:
+        """A spool file holding `parts`; None (and no more tries) where no temporary file can be made: big
+        bodies are then kept in memory and pickled to the workers, slower but served."""
+        try:
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="deepserve-bodies-"))
+            spool = SpooledBody.create(self._folder)
+        except OSError as exc:
+            logger.warning("big request bodies stay in memory: no temporary file could be made (%s)", exc)
+            self._spooling = False
+            return None
+        for part in parts:
+            spool.write(part)
+        return spool
 
     # ---- internals ------------------------------------------------------------------------------
 
