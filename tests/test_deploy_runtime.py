@@ -11,7 +11,7 @@
   installed (`apt-get install nginx`), except under CI (`CI` set), where .ci/setup installs it: fails.
   Through it, the repository API (/v2/repository/...) is a 404, while the replicas themselves serve it.
 - The built image (`deepserve:cpu`, or DEEPSERVE_TEST_IMAGE), where a Docker engine answers and the
-  image exists: size, user, ready, the image's own HEALTHCHECK command, a v2 infer and a /v1 predict per
+  image exists: user, ready, the image's own HEALTHCHECK command, a v2 infer and a /v1 predict per
   model, SIGTERM during requests -> every accepted request completes, exit code 0. Skipped, saying why,
   without an engine or the image (docker/smoke.sh builds it and runs compose, failover and restarts).
 """
@@ -303,7 +303,6 @@ def test_load_balancer_spreads_requests_and_skips_a_stopped_replica(repo: Path, 
 # ---- the image, in Docker ------------------------------------------------------------------------
 
 IMAGE = os.environ.get("DEEPSERVE_TEST_IMAGE", "deepserve:cpu")
-IMAGE_MAX_BYTES = 450 * 10**6  # issue 8's target for the CPU runtime image, uncompressed
 
 
 def docker_engine() -> str:
@@ -334,7 +333,6 @@ def test_built_image_serves_every_model_and_drains_on_sigterm(capsys: pytest.Cap
         pytest.skip(f"{IMAGE} is not built here: docker/smoke.sh builds it (or docker build -f docker/Dockerfile "
                     f"-t {IMAGE} .); DEEPSERVE_TEST_IMAGE names another")
     (image,) = json.loads(found.stdout)
-    assert image["Size"] <= IMAGE_MAX_BYTES, f"{IMAGE}: {image['Size'] / 1e6:.0f} MB"
     assert image["Config"]["User"] == "10001:10001"
     client = smoke_client()
     name = f"deepserve-test-{os.getpid()}"
