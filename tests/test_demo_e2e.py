@@ -11,6 +11,7 @@ idle cores with espeak-ng's output cached (~/.cache/deepserve/speech), well unde
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import re
@@ -34,7 +35,9 @@ from conftest import serve_app  # noqa: E402
 from models.recipes import import_errors, load_recipes  # noqa: E402
 from models.recipes.base import FamilyResult  # noqa: E402
 from service.repository.config import (  # noqa: E402
+    AnomalyDetectionTask,
     ImageClassificationTask,
+    ImageGenerationTask,
     ModelConfig,
     SpeechRecognitionTask,
     TextClassificationTask,
@@ -46,7 +49,8 @@ from service.tasks.text import encode, load_tokenizer  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.timeout(900)]  # the first test also pays for the build
 
-FAMILIES = list(load_recipes())
+FAMILIES = [name for name, recipe in load_recipes().items() if getattr(recipe, "in_default_build", True)]
+"""The default build's families (opt-in ones such as minilm have their own tests), as the `demo` fixture."""
 NEEDS = {"speech": ("espeak-ng", "flite")}
 """Programs a family's build needs; without them its case is skipped, as in its own tests."""
 ATOL = 1e-4
@@ -184,11 +188,61 @@ async def speech_case(client: httpx.AsyncClient, result: FamilyResult, config: M
         assert any("resampled from 22050 Hz" in note for note in got["notes"])
 
 
+async def anomaly_case(client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path) -> None:
+    task = config.task
+    assert isinstance(task, AnomalyDetectionTask)
+    pngs = [drawn_digit(d) for d in (1, 4, 7)]
+    blank = io.BytesIO()
+    Image.new("RGB", (96, 120), (245, 242, 236)).save(blank, format="PNG")
+    pngs.append(blank.getvalue())
+    files = [("file", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+    response = await client.post(f"/v1/models/{result.name}/predict", files=files)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == len(pngs)
+    batch = np.stack([decode_image(png, task).tensor for png in pngs])  # n x (1, 28, 28) -> (n, 1, 28, 28)
+    reconstruction = _torch(result, config, {config.inputs[0].name: batch})[task.output]
+    assert reconstruction.shape == batch.shape
+    errors = (reconstruction.astype(np.float64) - batch) ** 2 if task.score == "mse" else np.abs(reconstruction - batch)
+    expected = errors.reshape(len(pngs), -1).mean(axis=1)
+    for got, score in zip(predictions, expected, strict=True):
+        assert got["score"] == pytest.approx(score, abs=ATOL)
+        assert got["is_anomaly"] == (score > task.threshold)
+        assert got["threshold"] == task.threshold
+
+
+async def generation_case(client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path) -> None:
+    task = config.task
+    assert isinstance(task, ImageGenerationTask)
+    classes, count, seed = [3, 7], 2, 42
+    response = await client.post(f"/v1/models/{result.name}/predict",
+                                 json={"labels": classes, "count": count, "seed": seed})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["seed"] == seed
+    # the documented contract (service/tasks/generation.py): NumPy PCG64 from the seed, one noise row per image
+    noise = np.random.default_rng(seed).standard_normal((len(classes) * count, task.noise_dim)).astype(np.float32)
+    inputs: Tensors = {task.noise_input: noise}
+    if task.label_input:
+        inputs[task.label_input] = np.repeat(np.asarray(classes, np.int64), count)
+    images = _torch(result, config, inputs)[task.output]  # (N, C, H, W)
+    lo, hi = task.value_range
+    pixels = np.clip((images.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    expected = np.rint(255.0 * ((1.0 - pixels) if task.invert else pixels))[:, 0]  # (N, H, W), one channel
+    assert [image["label"] for image in body["images"]] == [task.labels[c] for c in classes for _ in range(count)]
+    for got, want in zip(body["images"], expected, strict=True):
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(got["png"])))).astype(np.float64)
+        assert served.shape == want.shape
+        assert np.abs(served - want).max() <= 1.0  # rounding to 8 bits
+
+
 Case = Callable[[httpx.AsyncClient, FamilyResult, ModelConfig, Path], Awaitable[None]]
 CASES: dict[str, Case] = {
     "image-classification": image_case,
     "text-classification": text_case,
     "speech-recognition": speech_case,
+    "anomaly-detection": anomaly_case,
+    "image-generation": generation_case,
 }
 
 
