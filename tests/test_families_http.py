@@ -145,14 +145,17 @@ async def test_anomaly_reconstruction_pictures(app_client: AppClient, family_rep
     assert "error_map" in form.json()["predictions"][0]
 
 
-async def test_anomaly_output_of_another_shape_is_named(app_client: AppClient, family_repo: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """A model that is no autoencoder is a server-side fault: 500 to the client, the shapes in the log."""
+async def test_anomaly_output_of_another_shape_is_refused_at_load(app_client: AppClient, family_repo: Path) -> None:
+    """A model that is no autoencoder is found at load: UNAVAILABLE naming both shapes, and predict is a 503."""
     async with app_client(**CPU) as client:
+        meta = (await client.get("/v2/models/broken_ae")).json()
         response = await client.post("/v1/models/broken_ae/predict", content=png(np.zeros((28, 28))),
                                      headers={"Content-Type": "image/png"})
-    assert response.status_code == 500 and response.json()["code"] == "inference_failed"
-    assert "[1, 1, 784]" in caplog.text and "input's shape" in caplog.text
+        healthy = (await client.get("/v2/models/ae/ready")).status_code
+    assert meta["parameters"]["state"] == "UNAVAILABLE", meta
+    assert "[-1, 1, 784]" in meta["parameters"]["error"] and "input's shape" in meta["parameters"]["error"], meta
+    assert response.status_code == 503 and response.json()["code"] == "model_not_ready", response.text
+    assert healthy == 200
 
 
 @pytest.mark.parametrize(("body", "headers", "status", "words"), [

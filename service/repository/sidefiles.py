@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.repository.config import (
+    AnomalyDetectionTask,
     AudioClassificationTask,
     EmbeddingTask,
     ImageClassificationTask,
+    ImageGenerationTask,
     ModelConfig,
     SpeechRecognitionTask,
     TensorSpec,
@@ -22,7 +24,7 @@ from service.repository.config import (
 )
 
 _KNOWN = (ImageClassificationTask, TextClassificationTask, EmbeddingTask, SpeechRecognitionTask,
-          AudioClassificationTask)
+          AudioClassificationTask, AnomalyDetectionTask, ImageGenerationTask)
 
 
 def check_side_files(config: ModelConfig, folder: Path) -> str | None:
@@ -32,7 +34,7 @@ def check_side_files(config: ModelConfig, folder: Path) -> str | None:
         return None  # no task, or a task type these checks do not know: nothing to check
     inputs = {spec.name: spec for spec in config.inputs}
     outputs = {spec.name: spec for spec in config.outputs}
-    for field in ("input", "input_ids", "attention_mask", "lengths_input"):
+    for field in ("input", "input_ids", "attention_mask", "lengths_input", "noise_input", "label_input"):
         name = getattr(task, field, None)
         if name is not None and name not in inputs:
             return f"task.{field} is '{name}' but the model's inputs are {list(inputs)}; fix config.yaml"
@@ -51,6 +53,18 @@ def check_side_files(config: ModelConfig, folder: Path) -> str | None:
         if names and classes is not None and len(names) != classes:
             return (f"{source} has {len(names)} names but output '{task.output}' has {classes} classes; "
                     "give one label per class")
+    if isinstance(task, AnomalyDetectionTask):
+        problem = _check_reconstruction(inputs[task.input], outputs[task.output])
+        if problem:
+            return problem
+    if isinstance(task, ImageGenerationTask):
+        noise = inputs[task.noise_input].shape
+        if noise and noise[-1] > 0 and noise[-1] != task.noise_dim:
+            return (f"task.noise_dim is {task.noise_dim} but input '{task.noise_input}' takes vectors of "
+                    f"{noise[-1]}; fix config.yaml")
+        if len(outputs[task.output].shape) not in (0, 4):
+            return (f"output '{task.output}' has shape {outputs[task.output].shape}; image-generation needs "
+                    f"[batch, channels, height, width] ({task.layout})")
     if isinstance(task, SpeechRecognitionTask):
         size = len(task.vocabulary)
         if not 0 <= task.blank_index < size:
@@ -76,6 +90,17 @@ def _check_tokenizer(task: TextClassificationTask | EmbeddingTask, folder: Path)
         return f"tokenizer {name}: {getattr(exc, 'detail', None) or exc}"
     if vocabulary == 0:
         return f"tokenizer {name} has an empty vocabulary"
+    return None
+
+
+def _check_reconstruction(source: TensorSpec, reconstruction: TensorSpec) -> str | None:
+    """An autoencoder's output must have its input's shape; dimensions that are dynamic (-1) match any."""
+    a, b = source.shape, reconstruction.shape
+    if not a or not b:
+        return None  # shapes unknown to the graph: checked per request
+    if len(a) != len(b) or any(x > 0 and y > 0 and x != y for x, y in zip(a, b, strict=True)):
+        return (f"output '{reconstruction.name}' has shape {b} but input '{source.name}' has {a}; "
+                "anomaly-detection needs an output of the input's shape (a reconstruction)")
     return None
 
 
