@@ -108,6 +108,19 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+async def _counted(registry: RegistryDep, name: str, version: str | None, request: Request, response: Response,
+                   settings: SettingsDep, predict: OptionsDep, query: dict[str, Any]) -> ExplainResponse:
+    """`_explain`, counted in the request, failure and latency metrics (route `v1_explain`) as /v1 predict
+    and v2 infer are, with `Server-Timing` summing every evaluation's queue and compute time."""
+    timing = start_timing()
+    with metrics.track_lookup(metrics.V1_EXPLAIN, name, version):
+        model = registry.get(name, version)
+    with metrics.track(metrics.V1_EXPLAIN, model.name, model.version):
+        result = await _explain(model, request, settings, predict, query)
+    timed(response, timing)
+    return result
+
+
 @router.post(
     "/v1/models/{name}/explain",
     response_model=ExplainResponse,
@@ -122,14 +135,8 @@ async def explain_latest(
     predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
     baseline: BaselineKind = None,
 ) -> ExplainResponse:
-    timing = start_timing()  # Server-Timing: the batcher adds every evaluation's queue and compute time
     query = {"method": method, "target": target, "budget": budget, "seed": seed, "baseline": baseline}
-    with metrics.track_lookup(metrics.V1_EXPLAIN, name, None):
-        model = registry.get(name, None)
-    with metrics.track(metrics.V1_EXPLAIN, model.name, model.version):  # counted as /v1 predict and v2 infer are
-        result = await _explain(model, request, settings, predict, query)
-    timed(response, timing)
-    return result
+    return await _counted(registry, name, None, request, response, settings, predict, query)
 
 
 @router.post(
@@ -146,11 +153,5 @@ async def explain_version(
     predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
     baseline: BaselineKind = None,
 ) -> ExplainResponse:
-    timing = start_timing()  # Server-Timing: the batcher adds every evaluation's queue and compute time
     query = {"method": method, "target": target, "budget": budget, "seed": seed, "baseline": baseline}
-    with metrics.track_lookup(metrics.V1_EXPLAIN, name, version):
-        model = registry.get(name, version)
-    with metrics.track(metrics.V1_EXPLAIN, model.name, model.version):  # counted as /v1 predict and v2 infer are
-        result = await _explain(model, request, settings, predict, query)
-    timed(response, timing)
-    return result
+    return await _counted(registry, name, version, request, response, settings, predict, query)
