@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from service.batching.batcher import Priority
 from service.errors import RequestTimeout
-from service.explain.kernelshap import BoolArray
+from service.explain import options
+from service.explain.kernelshap import BoolArray, Scores
+from service.explain.options import Plan
+from service.explain.schema import Efficiency, ExplainOptions
 from service.repository.registry import LoadedModel
+from service.tasks import labels
+from service.tasks.pipeline import output
 from service.types import Tensor, TensorMap
 
 LOW_PRIORITY_CHUNK = 16
@@ -76,3 +83,29 @@ def _timeout(model: LoadedModel, timeout_s: float) -> RequestTimeout:
         f"the explanation on model '{model.name}' did not finish within {timeout_s:g} s; "
         "lower `budget`, retry when the server is less busy, or raise the model's request_timeout_s"
     )
+
+
+@dataclass(slots=True)
+class ClassAttribution:
+    """A classifier explained: class scores of every copy (row 0 the unperturbed input), the explained
+    class and each feature's attribution to its score."""
+
+    probs: Scores
+    target: int
+    phi: Scores
+    efficiency: Efficiency | None
+
+
+async def attribute_class(
+    model: LoadedModel, plan: Plan, build: Build, opts: ExplainOptions, *, output_name: str, names: Sequence[str],
+    activation: Literal["softmax", "sigmoid", "none"], timeout_s: float,
+) -> ClassAttribution:
+    """Evaluate `plan`'s copies through the batcher, score them per class, and attribute the target class."""
+    chunks = await evaluate(model, plan.coalitions.masks, build, timeout_s=timeout_s)
+    probs = labels.class_scores(
+        output({output_name: concat(chunks, output_name)}, output_name, model),
+        items=plan.coalitions.masks.shape[0], activation=activation,
+    )
+    target = options.target_index(opts, names, probs[0])
+    phi, efficiency = options.attribute(plan, probs[:, target])
+    return ClassAttribution(probs=probs, target=target, phi=phi, efficiency=efficiency)

@@ -19,13 +19,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidInput
 from service.explain import heatmap, options
-from service.explain.evaluate import concat, evaluate
+from service.explain.evaluate import attribute_class
 from service.explain.kernelshap import BoolArray, Scores
 from service.explain.schema import Baseline, ExplainOptions, ImageExplanation
 from service.repository.config import ImageClassificationTask
 from service.repository.registry import LoadedModel
 from service.tasks import image, labels
-from service.tasks.pipeline import Payload, cast, output
+from service.tasks.pipeline import Payload, cast
 from service.tasks.schema import LabelScore
 from service.types import FloatArray, TensorMap
 
@@ -107,15 +107,11 @@ async def explain_image(model: LoadedModel, payload: Payload, opts: ExplainOptio
         copies = np.where(keep, x[None], base[None])  # (n, C, H, W) or (n, H, W, C)
         return {task.input: cast(model.config, task.input, copies.astype(np.float32))}
 
-    chunks = await evaluate(model, plan.coalitions.masks, build, timeout_s=timeout_s)
-    probs = labels.class_scores(
-        output({task.output: concat(chunks, task.output)}, task.output, model),
-        items=plan.coalitions.masks.shape[0], activation="softmax" if task.logits else "none",
-    )
     names = task.labels or model.config.labels
-    target = options.target_index(opts, names, probs[0])
+    result = await attribute_class(model, plan, build, opts, output_name=task.output, names=names,
+                                   activation="softmax" if task.logits else "none", timeout_s=timeout_s)
+    probs, target, phi, efficiency = result.probs, result.target, result.phi, result.efficiency
     scores: Scores = probs[:, target]
-    phi, efficiency = options.attribute(plan, scores)
     pixels_per_cell = np.bincount(cells.ravel(), minlength=count)
     model_map = (phi / pixels_per_cell)[cells]  # (H, W): each cell's value spread over its pixels
     image_size, image_map, png = await run_in_threadpool(_render, data, model_map, task)

@@ -17,13 +17,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidInput
 from service.explain import options
-from service.explain.evaluate import concat, evaluate
+from service.explain.evaluate import attribute_class
 from service.explain.kernelshap import BoolArray, Scores
 from service.explain.schema import Baseline, ExplainOptions, TextExplanation, WordScore
 from service.repository.config import TextClassificationTask
 from service.repository.registry import LoadedModel
 from service.tasks import labels, text
-from service.tasks.pipeline import Payload, cast, check_count, output
+from service.tasks.pipeline import Payload, cast, check_count
 from service.tasks.schema import LabelScore
 from service.types import TensorMap
 
@@ -101,15 +101,11 @@ async def explain_text(model: LoadedModel, payload: Payload, opts: ExplainOption
             inputs[task.attention_mask] = cast(model.config, task.attention_mask, attention)
         return inputs
 
-    chunks = await evaluate(model, plan.coalitions.masks, build, timeout_s=timeout_s)
-    probs = labels.class_scores(
-        output({task.output: concat(chunks, task.output)}, task.output, model),
-        items=plan.coalitions.masks.shape[0], activation="sigmoid" if task.multi_label else "softmax",
-    )
     names = task.labels or model.config.labels
-    target = options.target_index(opts, names, probs[0])
+    result = await attribute_class(model, plan, build, opts, output_name=task.output, names=names,
+                                   activation="sigmoid" if task.multi_label else "softmax", timeout_s=timeout_s)
+    probs, target, phi, efficiency = result.probs, result.target, result.phi, result.efficiency
     scores: Scores = probs[:, target]
-    phi, efficiency = options.attribute(plan, scores)
     per_word = dict(zip(words.features, phi.tolist(), strict=True))
     label = labels.label_names(names, probs.shape[1])[target]
     ranked = labels.rank(probs[0], names, top_k=task.top_k, return_all=False)
