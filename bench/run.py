@@ -173,17 +173,22 @@ def pytriton(repo: Path, log_dir: Path, models: list[str]) -> Iterator[str | Non
             wait_model(url, name, process)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, signal.SIGINT)
         log.close()
 
 
 SESSIONS: dict[str, int] = {}
+
+
+def stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send `sig` to the server's whole process group; SIGKILL it if it has not exited within 60 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def port_free(port: int) -> None:
@@ -210,13 +215,7 @@ def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str]) -> Iter
         wait_ready(url, process, timeout=300)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, signal.SIGTERM)
         log.close()
 
 
