@@ -56,7 +56,9 @@ BATCH_SIZE = Histogram(
     "deepserve_batch_size", "Items per executed batch.", ["model", "version"], buckets=_BATCH_BUCKETS
 )
 QUEUE_DEPTH = Gauge("deepserve_queue_depth", "Requests waiting in the batch queue.", ["model", "version"])
-IN_FLIGHT = Gauge("deepserve_requests_in_flight", "Inference requests being served now.", ["model", "version"])
+IN_FLIGHT = Gauge(
+    "deepserve_requests_in_flight", "Inference requests being served now.", ["model", "version"]
+)
 MODEL_LOAD_TIME = Histogram(
     "deepserve_model_load_duration_seconds",
     "Time to load a model version (session creation and warm-up).",
@@ -68,7 +70,8 @@ MODEL_READY = Gauge(
 )
 CODEC_OFFLOADED = Counter(
     "deepserve_codec_offloaded_total",
-    "v2 request bodies decoded (stage=decode) and answers encoded (stage=encode) in the codec worker processes.",
+    "v2 request bodies decoded (stage=decode) and answers "
+    "encoded (stage=encode) in the codec worker processes.",
     ["stage"],
 )
 

@@ -25,6 +25,7 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),  # elements are `bytes` on the wire; ONNX Runtime gets `str` (runtime/session.py)
+    # elements are `bytes` on the wire; ONNX Runtime gets `str` (runtime/session.py)
+    "BYTES": np.dtype(object),
 }
 """v2 datatype -> the numpy dtype a tensor of it has everywhere in the service and in ONNX Runtime."""

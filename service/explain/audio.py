@@ -74,7 +74,9 @@ async def explain_audio(model: LoadedModel, payload: Payload, opts: ExplainOptio
     if len(payload.blobs) != 1:
         raise InvalidInput(f"explain takes exactly one recording per request; got {len(payload.blobs)}")
     if isinstance(task, SpeechRecognitionTask) and opts.target is not None:
-        raise InvalidInput("'target' applies to classification; speech recognition explains its own transcript")
+        raise InvalidInput(
+            "'target' applies to classification; speech recognition explains its own transcript"
+        )
     options.baseline(opts, task=task.type, allowed=("silence",))
     decoded = await run_in_threadpool(
         audio.decode_audio, payload.blobs[0], sample_rate=task.sample_rate, max_duration_s=task.max_duration_s
@@ -83,7 +85,8 @@ async def explain_audio(model: LoadedModel, payload: Payload, opts: ExplainOptio
     chosen = options.method(opts, task=task.type, allowed=METHODS, default="occlusion")
     spans, window_s = windows(wave.size, task.sample_rate)
     plan = options.plan(chosen, opts, features=len(spans), noun="time windows", default_budget=DEFAULT_BUDGET)
-    window_of = np.repeat(np.arange(len(spans)), [end - start for start, end in spans])  # (S,) window per sample
+    lengths = [end - start for start, end in spans]
+    window_of = np.repeat(np.arange(len(spans)), lengths)  # (S,) window per sample
 
     def build(masks: BoolArray) -> TensorMap:
         copies = np.where(masks[:, window_of], wave[None], np.float32(0.0))  # (n, F) -> (n, S)
@@ -103,7 +106,9 @@ async def explain_audio(model: LoadedModel, payload: Payload, opts: ExplainOptio
         phi, efficiency = options.attribute(plan, scores)
         curve = _curve(spans, phi, task.sample_rate)
         words = [
-            TimedWordScore(text=w.text, start_s=w.start_s, end_s=w.end_s, score=_overlap_score(curve, w.start_s, w.end_s))
+            TimedWordScore(
+                text=w.text, start_s=w.start_s, end_s=w.end_s, score=_overlap_score(curve, w.start_s, w.end_s)
+            )
             for w in words_at
         ]
         return AudioExplanation(
@@ -122,9 +127,14 @@ async def explain_audio(model: LoadedModel, payload: Payload, opts: ExplainOptio
     label = labels.label_names(names, probs.shape[1])[target]
     ranked = labels.rank(probs[0], names, top_k=task.top_k, return_all=False)
     return AudioExplanation(
-        **common, explained=f"probability of label '{label}'", target=label, score=float(probs[0, target]),
-        efficiency=efficiency, baseline=Baseline(kind="silence", description=baseline, score=float(probs[1, target])),
-        prediction=[LabelScore(label=n, score=s) for n, s in ranked.top], curve=_curve(spans, phi, task.sample_rate),
+        **common,
+        explained=f"probability of label '{label}'",
+        target=label,
+        score=float(probs[0, target]),
+        efficiency=efficiency,
+        baseline=Baseline(kind="silence", description=baseline, score=float(probs[1, target])),
+        prediction=[LabelScore(label=n, score=s) for n, s in ranked.top],
+        curve=_curve(spans, phi, task.sample_rate),
     )
 
 
@@ -135,7 +145,8 @@ def _transcript_scores(
     scores = output({task.output: concat(chunks, task.output)}, task.output, model)
     if scores.ndim != 3 or scores.shape[0] != count or scores.shape[2] != len(task.vocabulary):
         raise InferenceFailed(
-            f"'{task.output}' has shape {list(scores.shape)}; expected [{count}, frames, {len(task.vocabulary)}]"
+            f"'{task.output}' has shape {list(scores.shape)}; "
+            f"expected [{count}, frames, {len(task.vocabulary)}]"
         )
     if task.output_lengths:
         frames = int(np.asarray(concat(chunks, task.output_lengths)).reshape(-1)[0])

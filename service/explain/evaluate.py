@@ -2,9 +2,9 @@
 
 The copies go in chunks of at most LOW_PRIORITY_CHUNK items (a batch cannot be interrupted: small
 chunks keep the wait of an ordinary request that arrives behind one short), a few chunks queued at a
-time (enough to keep every instance busy, few enough to bound memory for long recordings). Each chunk is an ordinary
-batcher job of `Priority.LOW`: ordinary requests overtake it in the queue. One deadline covers the
-whole explanation; a failure or a cancellation (client gone) cancels every chunk still queued.
+time (enough to keep every instance busy, few enough to bound memory for long recordings). Each chunk
+is an ordinary batcher job of `Priority.LOW`: ordinary requests overtake it in the queue. One deadline
+covers the whole explanation; a failure or a cancellation (client gone) cancels every chunk still queued.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def chunk_size(model: LoadedModel) -> int:
     return min(model.config.max_batch_size, LOW_PRIORITY_CHUNK) if model.config.max_batch_size else 1
 
 
-async def evaluate(model: LoadedModel, masks: BoolArray, build: Build, *, timeout_s: float) -> list[TensorMap]:
+async def evaluate(
+    model: LoadedModel, masks: BoolArray, build: Build, *, timeout_s: float
+) -> list[TensorMap]:
     """Outputs for every row of `masks`, in order, one TensorMap per chunk of `chunk_size(model)` rows.
 
     Raises RequestTimeout after `timeout_s` (chunks not yet computed are dropped) and whatever
@@ -97,8 +99,15 @@ class ClassAttribution:
 
 
 async def attribute_class(
-    model: LoadedModel, plan: Plan, build: Build, opts: ExplainOptions, *, output_name: str, names: Sequence[str],
-    activation: Literal["softmax", "sigmoid", "none"], timeout_s: float,
+    model: LoadedModel,
+    plan: Plan,
+    build: Build,
+    opts: ExplainOptions,
+    *,
+    output_name: str,
+    names: Sequence[str],
+    activation: Literal["softmax", "sigmoid", "none"],
+    timeout_s: float,
 ) -> ClassAttribution:
     """Evaluate `plan`'s copies through the batcher, score them per class, and attribute the target class."""
     chunks = await evaluate(model, plan.coalitions.masks, build, timeout_s=timeout_s)

@@ -22,7 +22,9 @@ EXPLAINERS: dict[str, Explainer] = {
 }
 
 
-async def explain(model: LoadedModel, payload: Payload, opts: ExplainOptions, *, timeout_s: float) -> ExplainResponse:
+async def explain(
+    model: LoadedModel, payload: Payload, opts: ExplainOptions, *, timeout_s: float
+) -> ExplainResponse:
     """Explain the one item of `payload`; the caller checked that the model's task is explainable."""
     assert model.config.task is not None
     return await EXPLAINERS[model.config.task.type](model, payload, opts, timeout_s=timeout_s)

@@ -22,7 +22,9 @@ def overlay(picture: Image.Image, values: npt.NDArray[np.float64]) -> Image.Imag
     if max(picture.size) > MAX_SIDE:
         scale = MAX_SIDE / max(picture.size)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-        values = np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize(size), dtype=np.float64)
+        values = np.asarray(
+            Image.fromarray(values.astype(np.float32), mode="F").resize(size), dtype=np.float64
+        )
         picture = picture.resize(size)
     grey = np.asarray(picture.convert("L"), dtype=np.float64) / 255.0
     base = (0.25 + 0.75 * grey)[..., None] * 255.0  # (H, W) -> (H, W, 1): lightened so colour shows

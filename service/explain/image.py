@@ -63,7 +63,9 @@ def blur(pixels: FloatArray, sigma: float) -> FloatArray:
         pad = [(0, 0)] * out.ndim
         pad[axis] = (radius, radius)
         padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
-        out = sum(taps[k] * np.take(padded, range(k, k + out.shape[axis]), axis=axis) for k in range(taps.size))
+        out = sum(
+            taps[k] * np.take(padded, range(k, k + out.shape[axis]), axis=axis) for k in range(taps.size)
+        )
     return out.astype(np.float32)
 
 

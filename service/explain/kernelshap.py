@@ -60,7 +60,9 @@ def kernel_coalitions(features: int, budget: int, seed: int) -> Coalitions:
     return Coalitions(masks=masks, weights=weights)
 
 
-def _enumerate_and_sample(m: int, samples: int, rng: np.random.Generator, rows: dict[bytes, tuple[BoolArray, float]]) -> None:
+def _enumerate_and_sample(
+    m: int, samples: int, rng: np.random.Generator, rows: dict[bytes, tuple[BoolArray, float]]
+) -> None:
     """shap's scheme: size pairs (s, m - s) in full while affordable, the rest sampled in pairs."""
     sizes = math.ceil((m - 1) / 2)
     paired = (m - 1) // 2

@@ -66,7 +66,9 @@ def method(options: ExplainOptions, *, task: str, allowed: Sequence[str], defaul
 def baseline(options: ExplainOptions, *, task: str, allowed: Sequence[str]) -> str:
     chosen = options.baseline or allowed[0]
     if chosen not in allowed:
-        raise InvalidInput(f"baseline '{chosen[:40]}' is not available for {task}; use one of: {', '.join(allowed)}")
+        raise InvalidInput(
+            f"baseline '{chosen[:40]}' is not available for {task}; use one of: {', '.join(allowed)}"
+        )
     return chosen
 
 
@@ -82,8 +84,8 @@ def plan(chosen: str, options: ExplainOptions, *, features: int, noun: str, defa
     if chosen == "occlusion":
         if options.budget is not None and options.budget < needed:
             raise InvalidInput(
-                f"occlusion over {features} {noun} needs {needed} evaluations but budget is {options.budget}; "
-                "raise budget or leave it out"
+                f"occlusion over {features} {noun} needs {needed} evaluations but budget is "
+                f"{options.budget}; raise budget or leave it out"
             )
         return Plan(chosen, kernelshap.occlusion_coalitions(features))
     budget = options.budget or min(MAX_BUDGET, max(default_budget, 2 * features + 2))

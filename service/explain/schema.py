@@ -75,12 +75,15 @@ class ImageExplanation(ExplanationBase):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "cnn", "version": "1", "task": "image-classification", "method": "occlusion",
         "explained": "probability of label '7'", "target": "7", "score": 0.9461,
-        "baseline": {"kind": "black", "description": "black (pixel value 0 after the task's inversion, normalised)",
-                     "score": 0.0119},
+        "baseline": {
+            "kind": "black", "description": "black (pixel value 0 after the task's inversion, normalised)",
+            "score": 0.0119,
+        },
         "evaluations": 51, "seed": 0,
         "prediction": [{"label": "7", "score": 0.9461}, {"label": "0", "score": 0.0132}],
         "segments": 49, "size": [28, 28], "attributions": [[0.0, 0.0, 0.0041]], "image_size": [280, 280],
-        "image_attributions": [[0.0, 0.0, 0.0041]], "heatmap_png": "iVBORw0KGgoAAAANSUhEUgAAARgAAAEYCAIAAAAI7H7bAAA...",
+        "image_attributions": [[0.0, 0.0, 0.0041]],
+        "heatmap_png": "iVBORw0KGgoAAAANSUhEUgAAARgAAAEYCAIAAAAI7H7bAAA...",
     }]})
     segments: int
     """Grid cells the image was split into (the features)."""
@@ -137,7 +140,8 @@ class TimedWordScore(TimedScore):
 
 
 class AudioExplanation(ExplanationBase):
-    # the shape of a real answer; the numbers are illustrative (the quick demo speech model transcribes nothing)
+    # the shape of a real answer; the numbers are illustrative
+    # (the quick demo speech model transcribes nothing)
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "speech", "version": "1", "task": "speech-recognition", "method": "occlusion",
         "explained": "log-probability of the transcript 'yes' (CTC, all alignments)", "target": None,

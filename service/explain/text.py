@@ -50,13 +50,19 @@ class Words:
 
 def _words(model: LoadedModel, task: TextClassificationTask, sent: str) -> Words:
     refuse = task.truncation == "refuse"
-    tok = text.load_tokenizer(model.side_file(task.tokenizer), max_length=task.max_length, truncate=not refuse)
-    encoded = text.encode([sent], tok, max_length=task.max_length, lowercase=task.lowercase, refuse_long=refuse)
+    tok = text.load_tokenizer(
+        model.side_file(task.tokenizer), max_length=task.max_length, truncate=not refuse
+    )
+    encoded = text.encode(
+        [sent], tok, max_length=task.max_length, lowercase=task.lowercase, refuse_long=refuse
+    )
     encoding = tok.tokenizer.encode(sent.lower() if task.lowercase else sent)
     spans = [(m.start(), m.end()) for m in _WORD.finditer(sent)]
     starts = [s for s, _ in spans]
     token_word = np.full(len(encoding.ids), -1, dtype=np.int64)
-    for i, ((begin, end), special) in enumerate(zip(encoding.offsets, encoding.special_tokens_mask, strict=True)):
+    for i, ((begin, end), special) in enumerate(
+        zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+    ):
         if not special and end > begin:
             token_word[i] = bisect.bisect_right(starts, begin) - 1
     used = sorted({int(w) for w in token_word if w >= 0})
@@ -73,7 +79,9 @@ async def explain_text(model: LoadedModel, payload: Payload, opts: ExplainOption
     assert isinstance(task, TextClassificationTask)
     check_count(model, len(payload.texts), "texts")
     if len(payload.texts) != 1:
-        raise InvalidInput(f'explain takes exactly one text per request; got {len(payload.texts)}: send {{"text": ...}}')
+        raise InvalidInput(
+            f'explain takes exactly one text per request; got {len(payload.texts)}: send {{"text": ...}}'
+        )
     sent = payload.texts[0]
     text.check_texts([sent])
     chosen = options.method(opts, task=task.type, allowed=METHODS, default="kernel-shap")
@@ -84,7 +92,9 @@ async def explain_text(model: LoadedModel, payload: Payload, opts: ExplainOption
         raise InvalidInput(
             f"model '{model.name}' has neither a mask token nor an attention mask, so words cannot be removed"
         )
-    plan = options.plan(chosen, opts, features=len(words.features), noun="words", default_budget=DEFAULT_BUDGET)
+    plan = options.plan(
+        chosen, opts, features=len(words.features), noun="words", default_budget=DEFAULT_BUDGET
+    )
 
     def build(masks: BoolArray) -> TensorMap:
         keep = np.ones((masks.shape[0], words.ids.size), dtype=bool)  # (n, L)
@@ -102,8 +112,16 @@ async def explain_text(model: LoadedModel, payload: Payload, opts: ExplainOption
         return inputs
 
     names = task.labels or model.config.labels
-    result = await attribute_class(model, plan, build, opts, output_name=task.output, names=names,
-                                   activation="sigmoid" if task.multi_label else "softmax", timeout_s=timeout_s)
+    result = await attribute_class(
+        model,
+        plan,
+        build,
+        opts,
+        output_name=task.output,
+        names=names,
+        activation="sigmoid" if task.multi_label else "softmax",
+        timeout_s=timeout_s,
+    )
     probs, target, phi, efficiency = result.probs, result.target, result.phi, result.efficiency
     scores: Scores = probs[:, target]
     per_word = dict(zip(words.features, phi.tolist(), strict=True))

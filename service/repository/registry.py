@@ -140,19 +140,32 @@ class LoadedModel:
             base = spec.config or ModelConfig()
             preference = base.providers or settings.providers
             first = OnnxSession.load(spec.path, config=base, providers=preference)
-            self.config = complete_config(base, inputs=first.inputs, outputs=first.outputs, folder=spec.path.parent)
-            if first.batch_cap is not None and first.batch_cap < (self.config.max_batch_size or 0):  # GPU memory
-                self.config = self.config.model_copy(update={"max_batch_size": first.batch_cap, "preferred_batch_sizes": [
-                    p for p in self.config.preferred_batch_sizes if p <= first.batch_cap]})
+            self.config = complete_config(
+                base, inputs=first.inputs, outputs=first.outputs, folder=spec.path.parent
+            )
+            # the GPU's memory caps the batch size
+            if first.batch_cap is not None and first.batch_cap < (self.config.max_batch_size or 0):
+                self.config = self.config.model_copy(
+                    update={
+                        "max_batch_size": first.batch_cap,
+                        "preferred_batch_sizes": [
+                            p for p in self.config.preferred_batch_sizes if p <= first.batch_cap
+                        ],
+                    }
+                )
         except Exception as exc:  # ONNX Runtime raises its own types; any failure is this version's state
             self._fail(f"{spec.path}: {_one_line(exc)}")
             return
-        problem = check_side_files(self.config, spec.path.parent)  # tokenizer, labels, vocabulary: now, not per request
+        # tokenizer, labels, vocabulary: now, not per request
+        problem = check_side_files(self.config, spec.path.parent)
         if problem is not None:
             self._fail(problem)
             return
         try:
-            extra = [OnnxSession.load(spec.path, config=base, providers=preference) for _ in range(base.instances - 1)]
+            extra = [
+                OnnxSession.load(spec.path, config=base, providers=preference)
+                for _ in range(base.instances - 1)
+            ]
         except Exception as exc:
             self._fail(f"{spec.path}: {_one_line(exc)}")
             return
@@ -190,9 +203,15 @@ class LoadedModel:
             if running:
                 logger.warning(
                     "model '%s' version %s (%s): %d ONNX Runtime run(s) still computing after the %g s grace "
-                    "period; their requests go to the replacement or get an error, and the runs are abandoned: they finish in the "
-                    "background and their results are dropped (raise DEEPSERVE_SHUTDOWN_GRACE_S to let them end)",
-                    self.name, self.version, reason, running, self._grace_s)
+                    "period; their requests go to the replacement or get an error, and the runs are "
+                    "abandoned: they finish in the background and their results "
+                    "are dropped (raise DEEPSERVE_SHUTDOWN_GRACE_S to let them end)",
+                    self.name,
+                    self.version,
+                    reason,
+                    running,
+                    self._grace_s,
+                )
         self._batcher, self._sessions = None, []
 
     def _fail(self, reason: str) -> None:
@@ -227,8 +246,11 @@ class RunTracker:
                     self.running -= 1
                     late = self._abandoned_at if self.running == 0 else None
                 if late is not None:
-                    logger.warning("%s: the abandoned ONNX Runtime run(s) ended %.2f s after the grace period",
-                                   self.name, time.monotonic() - late)
+                    logger.warning(
+                        "%s: the abandoned ONNX Runtime run(s) ended %.2f s after the grace period",
+                        self.name,
+                        time.monotonic() - late,
+                    )
 
         return tracked
 
@@ -295,7 +317,9 @@ def check_inputs(model: str, config: ModelConfig, inputs: TensorMap) -> int:
         return 1
     counts = {name: int(inputs[name].shape[0]) for name in expected}
     if len(set(counts.values())) > 1:
-        raise InvalidInput(f"inputs disagree on the batch axis (axis 0): {counts}; send the same number of items")
+        raise InvalidInput(
+            f"inputs disagree on the batch axis (axis 0): {counts}; send the same number of items"
+        )
     items = next(iter(counts.values()))
     limit = config.max_batch_size or 0
     if items == 0:
@@ -370,10 +394,13 @@ class ModelRegistry:
             raise _unloaded(name)
         if version is None:
             states = "; ".join(
-                f"version {m.version} is {m.state}: {m.error or 'loading'}" for m in self._models[name].values()
+                f"version {m.version} is {m.state}: {m.error or 'loading'}"
+                for m in self._models[name].values()
             )
             raise ModelNotReady(f"model '{name}' has no ready version ({states})")
-        raise ModelNotReady(f"model '{name}' version {model.version} is {model.state}: {model.error or 'loading'}")
+        raise ModelNotReady(
+            f"model '{name}' version {model.version} is {model.state}: {model.error or 'loading'}"
+        )
 
     def models(self) -> list[LoadedModel]:
         """Every model version in the registry, by name then version."""
@@ -388,7 +415,9 @@ class ModelRegistry:
         except ValueError:
             on_disk = []
         for spec in on_disk:
-            reason = redact_paths(spec.error or ("not loaded" if spec.served else "not served by the version policy"))
+            reason = redact_paths(
+                spec.error or ("not loaded" if spec.served else "not served by the version policy")
+            )
             entries[spec.name, str(spec.version)] = RepositoryEntry(
                 spec.name, str(spec.version), ModelState.UNAVAILABLE, reason
             )
@@ -405,16 +434,21 @@ class ModelRegistry:
         repo = self._settings.model_repository
         specs = await self._in_thread(partial(scan, repo, only=[name]))
         if not specs:
-            raise ModelNotFound(f"model '{name}' has no version in {repo} (expected {repo}/{name}/<version>/model.onnx)")
+            raise ModelNotFound(
+                f"model '{name}' has no version in {repo} (expected {repo}/{name}/<version>/model.onnx)"
+            )
         failed = await self._install(name, specs)
         if failed:
             problems = "; ".join(f"version {m.version}: {m.error}" for m in failed)
-            serving = sorted((m.version for m in self._models[name].values() if m.state is ModelState.READY), key=int)
+            serving = sorted(
+                (m.version for m in self._models[name].values() if m.state is ModelState.READY), key=int
+            )
             raise ModelLoadError(f"model '{name}' failed to load ({problems}); versions serving: {serving}")
 
     async def unload(self, name: str) -> None:
         """New requests are refused from now on; queued and running ones finish."""
-        if name not in self._models:  # checked before taking a lock: an unknown name must leave nothing behind
+        # checked before taking a lock: an unknown name must leave nothing behind
+        if name not in self._models:
             raise ModelNotFound(f"model '{name}' is not loaded; models: {sorted(self._models)}")
         async with self._lock(name):
             versions = self._models.get(name)
@@ -445,7 +479,9 @@ class ModelRegistry:
             }
             # new versions show as LOADING meanwhile; current ones keep serving
             self._models[name] = {**{v: m for v, m in built.items() if v not in current}, **current}
-            await asyncio.gather(*(self._in_thread(partial(built[str(s.version)].build, s, settings)) for s in specs))
+            await asyncio.gather(
+                *(self._in_thread(partial(built[str(s.version)].build, s, settings)) for s in specs)
+            )
             for model in built.values():
                 await model.start()
             final = _choose(current, built)

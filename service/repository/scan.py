@@ -71,7 +71,9 @@ def scan_model(folder: Path, *, include_unserved: bool = False) -> list[ModelSpe
             logger.info("model '%s': ignoring folder '%s' (version folders are positive integers)",
                         folder.name, child.name)
     if not versions:
-        logger.warning("model '%s' has no version folder (%s/<version>/%s); skipped", folder.name, folder, MODEL_FILE)
+        logger.warning(
+            "model '%s' has no version folder (%s/<version>/%s); skipped", folder.name, folder, MODEL_FILE
+        )
         return []
     policy = config.version_policy if config else VersionPolicy()
     served = set(select_versions(sorted(versions), policy, model=folder.name))
@@ -125,8 +127,9 @@ def derive_config(onnx_path: Path, config: ModelConfig | None) -> ModelConfig:
     return complete_config(config, inputs=inputs, outputs=outputs, folder=onnx_path.parent)
 
 
-def complete_config(config: ModelConfig | None, *, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                    folder: Path) -> ModelConfig:
+def complete_config(
+    config: ModelConfig | None, *, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], folder: Path
+) -> ModelConfig:
     """`derive_config` for a graph already read (the registry passes its session's tensors)."""
     config = config or ModelConfig()
     merged_inputs = _merge(config.inputs, inputs, kind="input")
@@ -141,7 +144,9 @@ def complete_config(config: ModelConfig | None, *, inputs: Sequence[TensorSpec],
             f"'{fixed[0].name}' has shape {fixed[0].shape}; set max_batch_size: 0"
         )
     if max_batch and any(size > max_batch for size in config.preferred_batch_sizes):
-        raise ValueError(f"preferred_batch_sizes {config.preferred_batch_sizes} exceed max_batch_size {max_batch}")
+        raise ValueError(
+            f"preferred_batch_sizes {config.preferred_batch_sizes} exceed max_batch_size {max_batch}"
+        )
     labels = config.labels or _read_labels(folder / LABELS_FILE)
     return config.model_copy(update={
         "inputs": merged_inputs, "outputs": merged_outputs, "max_batch_size": max_batch, "labels": labels,
@@ -155,9 +160,13 @@ def _merge(given: Sequence[TensorSpec], graph: Sequence[TensorSpec], *, kind: st
     for spec in given:
         found = by_name.get(spec.name)
         if found is None:
-            raise ValueError(f"config {kind} '{spec.name}' is not in the ONNX graph; its {kind}s are {list(by_name)}")
+            raise ValueError(
+                f"config {kind} '{spec.name}' is not in the ONNX graph; its {kind}s are {list(by_name)}"
+            )
         if spec.datatype != found.datatype:
-            raise ValueError(f"config {kind} '{spec.name}' is {spec.datatype} but the ONNX graph has {found.datatype}")
+            raise ValueError(
+                f"config {kind} '{spec.name}' is {spec.datatype} but the ONNX graph has {found.datatype}"
+            )
         if kind == "output" and spec.pad_value is not None:
             raise ValueError(f"config output '{spec.name}' sets pad_value; padding applies to inputs only")
         overrides[spec.name] = spec.model_copy(update={"shape": _merge_shape(spec, found, kind=kind)})
@@ -169,7 +178,9 @@ def _merge_shape(spec: TensorSpec, found: TensorSpec, *, kind: str) -> list[int]
         a >= 0 and b >= 0 and a != b for a, b in zip(spec.shape, found.shape, strict=False)
     )
     if clash:
-        raise ValueError(f"config {kind} '{spec.name}' has shape {spec.shape} but the ONNX graph has {found.shape}")
+        raise ValueError(
+            f"config {kind} '{spec.name}' has shape {spec.shape} but the ONNX graph has {found.shape}"
+        )
     return [b if b >= 0 else a for a, b in zip(spec.shape, found.shape, strict=True)]
 
 

@@ -83,7 +83,10 @@ def decode_audio(data: bytes, *, sample_rate: int, max_duration_s: float, index:
         notes.append(f"padded with silence to {MIN_DURATION_S} s")
         mono = np.pad(mono, (0, minimum - mono.shape[0]))
     return DecodedAudio(
-        samples=np.ascontiguousarray(mono, dtype=np.float32), source_rate=rate, duration_s=duration_s, notes=notes
+        samples=np.ascontiguousarray(mono, dtype=np.float32),
+        source_rate=rate,
+        duration_s=duration_s,
+        notes=notes,
     )
 
 
@@ -102,10 +105,14 @@ def _read(data: bytes, *, where: str, max_duration_s: float, notes: list[str]) -
             if container is None:
                 kind = image.sniff(data)
                 if kind in image.FORMATS:
-                    raise InvalidInput(f"{where} is a {kind} image, not a recording; send {ACCEPTED} audio") from None
+                    raise InvalidInput(
+                        f"{where} is a {kind} image, not a recording; send {ACCEPTED} audio"
+                    ) from None
                 raise InvalidInput(f"{where} is not readable {ACCEPTED} audio ({failure.reason})") from None
             # e.g. Ogg/Opus where libsndfile was built without Opus, or an MP3 variant it rejects
-            frames, rate = containers.decode(data, container=container, where=where, max_frames_at=max_duration_s)
+            frames, rate = containers.decode(
+                data, container=container, where=where, max_frames_at=max_duration_s
+            )
             _check_rate_and_channels(rate, frames.shape[1], where=where)
     if frames.shape[0] == 0:
         raise InvalidInput(f"{where} has no samples (zero-length audio); send a recording")
@@ -127,7 +134,10 @@ class _Unreadable(Exception):
 
 
 def _read_sndfile(data: bytes, *, where: str, max_duration_s: float) -> tuple[FloatArray, int]:
-    """Open with libsndfile, check the header, read at most max_duration_s (+1 frame) of (frames, channels)."""
+    """Open with libsndfile, check the header, read at most max_duration_s (+1 frame).
+
+    Returns (samples of shape (frames, channels), sample rate).
+    """
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
             kind, rate, channels = sound.format, int(sound.samplerate), int(sound.channels)
@@ -141,8 +151,8 @@ def _read_sndfile(data: bytes, *, where: str, max_duration_s: float) -> tuple[Fl
         raise _Unreadable(_reason(exc)) from exc
     if 0 < frames.shape[0] < min(stated, limit) - MAX_SHORTFALL_S * rate:
         raise InvalidInput(  # MP3 states its length in the Xing header; libsndfile stops at the cut
-            f"{where} is a truncated or damaged {FORMATS[kind]} file: its header says {stated / rate:.2f} s but "
-            f"only {frames.shape[0] / rate:.2f} s could be read; send the whole file"
+            f"{where} is a truncated or damaged {FORMATS[kind]} file: its header says {stated / rate:.2f} s "
+            f"but only {frames.shape[0] / rate:.2f} s could be read; send the whole file"
         )
     return frames, rate
 
@@ -156,7 +166,8 @@ def _check_header(kind: str, rate: int, channels: int, *, where: str) -> None:
 def _check_rate_and_channels(rate: int, channels: int, *, where: str) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise InvalidInput(
-            f"{where} has a sample rate of {rate} Hz; accepted rates are {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+            f"{where} has a sample rate of {rate} Hz; accepted "
+            f"rates are {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
         )
     if channels > MAX_CHANNELS:
         raise InvalidInput(
@@ -205,7 +216,9 @@ def ctc_greedy(
     they are and turns logits into log-probs.
     """
     if log_probs.ndim != 2 or (log_probs.shape[0] and log_probs.shape[1] != len(vocabulary)):
-        raise ValueError(f"CTC scores have shape {list(log_probs.shape)}; expected [frames, {len(vocabulary)}]")
+        raise ValueError(
+            f"CTC scores have shape {list(log_probs.shape)}; expected [frames, {len(vocabulary)}]"
+        )
     if log_probs.shape[0] == 0:
         return Transcript(text="", confidence=0.0, chars=[], words=[])
     probs = np.exp(log_softmax(log_probs))

@@ -34,7 +34,9 @@ def describe(model: LoadedModel, *, base_url: str) -> ModelSummary:
     config = model.config
     task = config.task
     state = str(getattr(model.state, "value", model.state))
-    common: dict[str, Any] = {"name": model.name, "version": model.version, "state": state, "description": config.description}
+    common: dict[str, Any] = {
+        "name": model.name, "version": model.version, "state": state, "description": config.description,
+    }
     if task is None:
         return ModelSummary(
             **common,
@@ -48,7 +50,13 @@ def describe(model: LoadedModel, *, base_url: str) -> ModelSummary:
     curl, body, words = _example(model, url)
     labels = getattr(task, "labels", []) or config.labels
     return ModelSummary(
-        **common, task=task.type, labels=labels, input=words, predict_url=url, example_curl=curl, example_json=body
+        **common,
+        task=task.type,
+        labels=labels,
+        input=words,
+        predict_url=url,
+        example_curl=curl,
+        example_json=body,
     )
 
 
@@ -59,9 +67,9 @@ def _example(model: LoadedModel, url: str) -> tuple[str, dict[str, object], str]
     if isinstance(task, ImageClassificationTask | AnomalyDetectionTask):
         height, width = task.size
         words = (
-            "one or more images (PNG, JPEG, WebP, BMP, GIF; the first frame of an animation): multipart field "
-            "'file' (repeat it for several), a raw image body, or JSON {\"image\": base64} / {\"images\": [...]}; "
-            f"each is brought to {height}x{width} {task.channels} ({task.resize})"
+            "one or more images (PNG, JPEG, WebP, BMP, GIF; the first frame of an animation): multipart "
+            "field 'file' (repeat it for several), a raw image body, or JSON {\"image\": base64} / "
+            f"{{\"images\": [...]}}; each is brought to {height}x{width} {task.channels} ({task.resize})"
         )
         if isinstance(task, AnomalyDetectionTask):
             words += (
@@ -83,9 +91,13 @@ def _example(model: LoadedModel, url: str) -> tuple[str, dict[str, object], str]
                 f"JSON {{\"labels\": [...], \"count\": n, \"seed\": s}}: n images of each class, by index 0-"
                 f"{len(task.labels) - 1} or name (unset: every class); at most {limit} in all"
             )
-        words += "; the same seed gives the same images; Accept: image/png answers one PNG grid (a row per class)"
+        words += (
+            "; the same seed gives the same images; Accept: image/png answers one PNG grid (a row per class)"
+        )
         data = shlex.quote(orjson.dumps(body).decode())
-        curl = f"curl -H 'Content-Type: application/json' -H 'Accept: image/png' -d {data} -o grid.png {target}"
+        curl = (
+            f"curl -H 'Content-Type: application/json' -H 'Accept: image/png' -d {data} -o grid.png {target}"
+        )
         return curl, body, words
     if isinstance(task, TextClassificationTask | EmbeddingTask):
         policy = task.truncation if isinstance(task, TextClassificationTask) else "truncate"
@@ -99,9 +111,10 @@ def _example(model: LoadedModel, url: str) -> tuple[str, dict[str, object], str]
         return f"curl -H 'Content-Type: application/json' -d {data} {target}", body, words
     assert isinstance(task, SpeechRecognitionTask | AudioClassificationTask)
     words = (
-        "a recording (WAV PCM/float, FLAC, OGG, MP3; any rate from 4 kHz to 384 kHz, mono or stereo): multipart "
-        "field 'file', a raw body (Content-Type audio/wav, audio/flac, audio/ogg or application/octet-stream) "
-        f"or JSON {{\"audio\": base64}}; at most {task.max_duration_s:g} s, resampled to {task.sample_rate} Hz mono"
+        "a recording (WAV PCM/float, FLAC, OGG, MP3; any rate from 4 kHz to 384 kHz, mono or stereo): "
+        "multipart field 'file', a raw body (Content-Type audio/wav, audio/flac, audio/ogg or "
+        "application/octet-stream) or JSON {\"audio\": base64}; at most "
+        f"{task.max_duration_s:g} s, resampled to {task.sample_rate} Hz mono"
     )
     extra = "?return_timestamps=true" if isinstance(task, SpeechRecognitionTask) else ""
     curl = f"curl -H 'Content-Type: audio/wav' --data-binary @recording.wav {shlex.quote(url + extra)}"

@@ -55,20 +55,25 @@ def check_ogg_complete(data: bytes, *, where: str) -> None:
     offset, flags = 0, 0
     while offset < len(data):
         if data[offset:offset + 4] != b"OggS" or offset + 27 > len(data):
-            raise InvalidInput(f"{where} is a damaged Ogg file (no page at byte {offset}); send the whole file")
+            raise InvalidInput(
+                f"{where} is a damaged Ogg file (no page at byte {offset}); send the whole file"
+            )
         flags, segments = data[offset + 5], data[offset + 26]
         table = data[offset + 27:offset + 27 + segments]
         end = offset + 27 + segments + sum(table)
         if len(table) < segments or end > len(data):
             raise InvalidInput(
-                f"{where} is a truncated Ogg file (its last page is cut at byte {len(data)}); send the whole file"
+                f"{where} is a truncated Ogg file (its last page "
+                f"is cut at byte {len(data)}); send the whole file"
             )
         page = data[offset:end]
         if _ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) != int.from_bytes(page[22:26], "little"):
             raise InvalidInput(f"{where} is a damaged Ogg file (bad checksum in the page at byte {offset})")
         offset = end
     if not flags & _OGG_EOS:
-        raise InvalidInput(f"{where} is a truncated Ogg file (the stream has no end page); send the whole file")
+        raise InvalidInput(
+            f"{where} is a truncated Ogg file (the stream has no end page); send the whole file"
+        )
 
 
 def _ogg_crc(page: bytes) -> int:
@@ -105,7 +110,8 @@ def decode(data: bytes, *, container: str, where: str, max_frames_at: float) -> 
         raise InvalidInput(f"{where} is a damaged or truncated {container} file ({_reason(exc)})") from exc
     if not rate or not channels:
         raise InvalidInput(f"{where} is a {container} file whose audio has no sample rate or channels")
-    frames = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, channels), np.float32)  # (C, N) -> (N, C)
+    empty = np.zeros((0, channels), np.float32)
+    frames = np.concatenate(chunks, axis=1).T if chunks else empty  # (C, N) -> (N, C)
     decoded_s = frames.shape[0] / rate
     if stated_s is not None and decoded_s < stated_s - MAX_SHORTFALL_S and decoded_s < max_frames_at:
         raise InvalidInput(
@@ -113,9 +119,17 @@ def decode(data: bytes, *, container: str, where: str, max_frames_at: float) -> 
             f"{decoded_s:.2f} s could be decoded; send the whole file"
         )
     left = len(data) - end
-    if stated_s is None and container == "WebM" and end > 0 and left > MAX_TRAILING_BYTES and decoded_s < max_frames_at:
-        raise InvalidInput(  # a streamed WebM (MediaRecorder's) states no duration: a cut leaves a partial block
-            f"{where} is a truncated WebM file: its last {left} bytes are an incomplete block; send the whole file"
+    if (
+        stated_s is None
+        and container == "WebM"
+        and end > 0
+        and left > MAX_TRAILING_BYTES
+        and decoded_s < max_frames_at
+    ):
+        # a streamed WebM (MediaRecorder's) states no duration: a cut leaves a partial block
+        raise InvalidInput(
+            f"{where} is a truncated WebM file: its last {left} "
+            "bytes are an incomplete block; send the whole file"
         )
     return np.ascontiguousarray(frames, dtype=np.float32), rate
 
@@ -125,7 +139,9 @@ def _decode_frames(
 ) -> tuple[list[FloatArray], int]:
     """Planar float32 chunks (channels, n) until the end or past `limit` frames, and the byte offset where
     the last packet read ends (0 when the demuxer does not say)."""
-    resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=stream.codec_context.rate)
+    resampler = av.AudioResampler(
+        format="fltp", layout=stream.codec_context.layout, rate=stream.codec_context.rate
+    )
     chunks: list[FloatArray] = []
     total = end = 0
     for packet in box.demux(stream):

@@ -39,10 +39,18 @@ _SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
     ("JPEG", lambda h: h.startswith(b"\xff\xd8\xff")),
     ("GIF", lambda h: h.startswith((b"GIF87a", b"GIF89a"))),
     ("WEBP", lambda h: h.startswith(b"RIFF") and h[8:12] == b"WEBP"),
-    ("BMP", lambda h: h.startswith(b"BM") and int.from_bytes(h[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)),
+    (
+        "BMP",
+        lambda h: (
+            h.startswith(b"BM") and int.from_bytes(h[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+        ),
+    ),
     # common formats we do not decode, so the message can name them
     ("TIFF", lambda h: h.startswith((b"II*\x00", b"MM\x00*"))),
-    ("HEIC/AVIF", lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")),
+    (
+        "HEIC/AVIF",
+        lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"),
+    ),
     ("ICO", lambda h: h.startswith(b"\x00\x00\x01\x00")),
     ("PSD", lambda h: h.startswith(b"8BPS")),
     ("JPEG 2000", lambda h: h.startswith(b"\x00\x00\x00\x0cjP  ")),
@@ -97,12 +105,16 @@ def _open(data: bytes, where: str, notes: list[str]) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels") from exc
+        raise PayloadTooLarge(
+            f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels"
+        ) from exc
     except Exception as exc:  # untrusted bytes: any decoder failure means "not an image we can read"
         raise InvalidInput(_unreadable(where, kind, exc)) from exc
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise InvalidInput(f"{where} has zero size ({width}x{height} pixels); send an image of at least 1x1 pixels")
+        raise InvalidInput(
+            f"{where} has zero size ({width}x{height} pixels); send an image of at least 1x1 pixels"
+        )
     if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
         raise PayloadTooLarge(
             f"{where} is {width}x{height} = {width * height} pixels; the limit is {MAX_PIXELS} pixels "
@@ -116,7 +128,9 @@ def _open(data: bytes, where: str, notes: list[str]) -> Image.Image:
         image.load()
         oriented = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels") from exc
+        raise PayloadTooLarge(
+            f"{where} has too many pixels to decode safely; the limit is {MAX_PIXELS} pixels"
+        ) from exc
     except Exception as exc:  # truncated or corrupt pixel data surfaces only on load()
         raise InvalidInput(
             f"{where} is not a readable image: its {image.format} pixel data is corrupt or truncated "
@@ -151,7 +165,9 @@ def _check_header_size(data: bytes, kind: str | None, where: str) -> None:
         width, height = struct.unpack("<ii", data[18:26])
         size = (abs(width), abs(height))  # a negative height means rows stored top-down
     if size is not None and 0 in size:
-        raise InvalidInput(f"{where} has zero size ({size[0]}x{size[1]} pixels); send an image of at least 1x1 pixels")
+        raise InvalidInput(
+            f"{where} has zero size ({size[0]}x{size[1]} pixels); send an image of at least 1x1 pixels"
+        )
 
 
 def _unreadable(where: str, kind: str | None, exc: Exception) -> str:
@@ -160,11 +176,14 @@ def _unreadable(where: str, kind: str | None, exc: Exception) -> str:
         # UnidentifiedImageError's "cannot identify image file" adds nothing to "corrupt or truncated"
         detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({_reason(exc)})"
         return (
-            f"{where} is not a readable image: it starts like a {kind} file but is corrupt or truncated{detail}; "
-            f"send a complete {ACCEPTED} file"
+            f"{where} is not a readable image: it starts like a {kind} file but is corrupt or "
+            f"truncated{detail}; send a complete {ACCEPTED} file"
         )
     if kind is not None:
-        return f"{where} is not a readable image: it is a {kind} file, which is not accepted; convert it to {ACCEPTED}"
+        return (
+            f"{where} is not a readable image: it is a {kind} file, which is not accepted; "
+            f"convert it to {ACCEPTED}"
+        )
     return f"{where} is not a readable image: its bytes are not a {ACCEPTED} file; send one of those"
 
 
@@ -199,9 +218,9 @@ def _to_mode(image: Image.Image, channels: str, notes: list[str]) -> Image.Image
 
 
 def _mode_name(mode: str) -> str:
-    return {"CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV", "1": "1-bit", "F": "32-bit float"}.get(
-        mode, "16-bit" if mode.startswith("I") else mode
-    )
+    return {
+        "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV", "1": "1-bit", "F": "32-bit float",
+    }.get(mode, "16-bit" if mode.startswith("I") else mode)
 
 
 def _to_uint8(image: Image.Image) -> npt.NDArray[np.uint8]:

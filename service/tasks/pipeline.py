@@ -82,7 +82,9 @@ def check_count(model: LoadedModel, count: int, noun: str) -> None:
         raise InvalidInput(f"no {noun} given")
     limit = model.config.max_batch_size
     if limit and count > limit:
-        raise InvalidInput(f"{count} {noun} in one request; model '{model.name}' takes at most {limit} per request")
+        raise InvalidInput(
+            f"{count} {noun} in one request; model '{model.name}' takes at most {limit} per request"
+        )
 
 
 def cast(config: ModelConfig, name: str, array: Tensor) -> Tensor:
@@ -96,12 +98,15 @@ def cast(config: ModelConfig, name: str, array: Tensor) -> Tensor:
 def output(outputs: TensorMap, name: str, model: LoadedModel) -> Tensor:
     if name not in outputs:
         raise InferenceFailed(
-            f"model '{model.name}' returned no output '{name}' (it has {sorted(outputs)}); fix the task section"
+            f"model '{model.name}' returned no output '{name}' "
+            f"(it has {sorted(outputs)}); fix the task section"
         )
     return outputs[name]
 
 
-def _ranked(scores: Tensor, names: Sequence[str], top_k: int, return_all: bool) -> tuple[list[LabelScore], dict[str, float] | None]:
+def _ranked(
+    scores: Tensor, names: Sequence[str], top_k: int, return_all: bool
+) -> tuple[list[LabelScore], dict[str, float] | None]:
     ranked = labels.rank(scores, names, top_k=top_k, return_all=return_all)
     return [LabelScore(label=n, score=s) for n, s in ranked.top], ranked.all_scores
 
@@ -128,11 +133,15 @@ async def classify_images(model: LoadedModel, payload: Payload) -> ImageClassify
     batch = np.stack([d.tensor for d in decoded])  # B x (C, H, W) -> (B, C, H, W)
     outputs = await model.infer({task.input: cast(model.config, task.input, batch)})
     probs = labels.class_scores(
-        output(outputs, task.output, model), items=len(decoded), activation="softmax" if task.logits else "none"
+        output(outputs, task.output, model),
+        items=len(decoded),
+        activation="softmax" if task.logits else "none",
     )
     predictions = [
         ImagePrediction(labels=top, probabilities=everything, notes=item.notes)
-        for (top, everything), item in zip(_rank_rows(model, task, probs, payload.options), decoded, strict=True)
+        for (top, everything), item in zip(
+            _rank_rows(model, task, probs, payload.options), decoded, strict=True
+        )
     ]
     return ImageClassifyResponse(model=model.name, version=model.version, predictions=predictions)
 
@@ -140,20 +149,24 @@ async def classify_images(model: LoadedModel, payload: Payload) -> ImageClassify
 async def _decode_images(model: LoadedModel, task: ImageClassificationTask | AnomalyDetectionTask,
                          blobs: list[bytes]) -> list[image.DecodedImage]:
     check_count(model, len(blobs), "images")
-    return await run_in_threadpool(lambda: [image.decode_image(data, task, index=i) for i, data in enumerate(blobs)])
+    return await run_in_threadpool(
+        lambda: [image.decode_image(data, task, index=i) for i, data in enumerate(blobs)]
+    )
 
 
 async def detect_anomalies(model: LoadedModel, payload: Payload) -> AnomalyResponse:
     task = model.config.task
     assert isinstance(task, AnomalyDetectionTask)
     decoded = await _decode_images(model, task, payload.blobs)
-    batch = cast(model.config, task.input, np.stack([d.tensor for d in decoded]))  # B x (C, H, W) -> (B, C, H, W)
+    stacked = np.stack([d.tensor for d in decoded])  # B x (C, H, W) -> (B, C, H, W)
+    batch = cast(model.config, task.input, stacked)
     outputs = await model.infer({task.input: batch})
     rebuilt = output(outputs, task.output, model)
     anomaly.check_shape(batch, rebuilt, model.name, task.output)
     values = anomaly.scores(batch, rebuilt, task.score)
     pictures = (
-        await run_in_threadpool(anomaly.pictures, batch, rebuilt, task) if payload.options.return_reconstruction
+        await run_in_threadpool(anomaly.pictures, batch, rebuilt, task)
+        if payload.options.return_reconstruction
         else [(None, None, None)] * len(decoded)
     )
     predictions = [
@@ -161,8 +174,12 @@ async def detect_anomalies(model: LoadedModel, payload: Payload) -> AnomalyRespo
                           input=seen, reconstruction=rec, error_map=err, notes=item.notes)
         for v, (seen, rec, err), item in zip(values, pictures, decoded, strict=True)
     ]
-    return AnomalyResponse(model=model.name, version=model.version, false_positive_rate=task.false_positive_rate,
-                           predictions=predictions)
+    return AnomalyResponse(
+        model=model.name,
+        version=model.version,
+        false_positive_rate=task.false_positive_rate,
+        predictions=predictions,
+    )
 
 
 async def generate_images(model: LoadedModel, payload: Payload) -> GenerationResponse | Response:
@@ -182,7 +199,9 @@ async def generate_images(model: LoadedModel, payload: Payload) -> GenerationRes
             lambda: generation.grid_png(pictures, rows=drawn.rows, columns=drawn.columns, ground=128)
         )
         return Response(grid, media_type="image/png", headers={"X-Seed": str(drawn.seed)})
-    pngs = await run_in_threadpool(lambda: [base64.b64encode(generation.png(p)).decode("ascii") for p in pictures])
+    pngs = await run_in_threadpool(
+        lambda: [base64.b64encode(generation.png(p)).decode("ascii") for p in pictures]
+    )
     height, width = pictures[0].shape[:2]
     return GenerationResponse(
         model=model.name, version=model.version, seed=drawn.seed, width=width, height=height,
@@ -202,7 +221,9 @@ async def _encode(
     lowercase = isinstance(task, TextClassificationTask) and task.lowercase
 
     def run() -> text.EncodedTexts:
-        tok = text.load_tokenizer(model.side_file(task.tokenizer), max_length=task.max_length, truncate=not refuse)
+        tok = text.load_tokenizer(
+            model.side_file(task.tokenizer), max_length=task.max_length, truncate=not refuse
+        )
         return text.encode(texts, tok, max_length=task.max_length, lowercase=lowercase, refuse_long=refuse)
 
     encoded = await run_in_threadpool(run)
@@ -225,7 +246,9 @@ async def classify_texts(model: LoadedModel, payload: Payload) -> TextClassifyRe
         activation="sigmoid" if task.multi_label else "softmax",
     )
     predictions = [
-        TextPrediction(labels=top, probabilities=everything, tokens=encoded.lengths[i], truncated=encoded.truncated[i])
+        TextPrediction(
+            labels=top, probabilities=everything, tokens=encoded.lengths[i], truncated=encoded.truncated[i]
+        )
         for i, (top, everything) in enumerate(_rank_rows(model, task, probs, payload.options))
     ]
     return TextClassifyResponse(model=model.name, version=model.version, predictions=predictions)
@@ -236,7 +259,9 @@ async def embed_texts(model: LoadedModel, payload: Payload) -> EmbeddingResponse
     assert isinstance(task, EmbeddingTask)
     encoded, inputs = await _encode(model, task, payload.texts)
     outputs = await model.infer(inputs)
-    vectors = text.pool(output(outputs, task.output, model), encoded.mask, pooling=task.pooling, normalize=task.normalize)
+    vectors = text.pool(
+        output(outputs, task.output, model), encoded.mask, pooling=task.pooling, normalize=task.normalize
+    )
     if vectors.shape[0] != len(payload.texts):
         raise InferenceFailed(f"embedding output has {vectors.shape[0]} rows for {len(payload.texts)} texts")
     return EmbeddingResponse(
@@ -257,7 +282,9 @@ async def _decode_audio(
     check_count(model, len(blobs), "recordings")
     decoded = await run_in_threadpool(
         lambda: [
-            audio.decode_audio(data, sample_rate=task.sample_rate, max_duration_s=task.max_duration_s, index=i)
+            audio.decode_audio(
+                data, sample_rate=task.sample_rate, max_duration_s=task.max_duration_s, index=i
+            )
             for i, data in enumerate(blobs)
         ]
     )
@@ -289,23 +316,31 @@ async def transcribe(model: LoadedModel, payload: Payload) -> TranscribeResponse
     scores = output(outputs, task.output, model)
     if scores.ndim != 3 or scores.shape[0] != len(decoded) or scores.shape[2] != len(task.vocabulary):
         raise InferenceFailed(
-            f"'{task.output}' has shape {list(scores.shape)}; expected [{len(decoded)}, frames, {len(task.vocabulary)}]"
+            f"'{task.output}' has shape {list(scores.shape)}; "
+            f"expected [{len(decoded)}, frames, {len(task.vocabulary)}]"
         )
     predictions = []
     for i, item in enumerate(decoded):
         frames = _valid_frames(outputs, task, model, i, item.samples.shape[0], scores.shape[1])
         result = audio.ctc_greedy(
-            scores[i, :frames], vocabulary=task.vocabulary, blank=task.blank_index, frame_shift_s=task.frame_shift_s
+            scores[i, :frames],
+            vocabulary=task.vocabulary,
+            blank=task.blank_index,
+            frame_shift_s=task.frame_shift_s,
         )
         stamps = payload.options.return_timestamps
-        predictions.append(Transcription(
-            text=result.text,
-            confidence=result.confidence,
-            duration_s=item.duration_s,
-            words=[TimedText(text=w.text, start_s=w.start_s, end_s=w.end_s) for w in result.words] if stamps else None,
-            chars=[TimedText(text=c.text, start_s=c.start_s, end_s=c.end_s) for c in result.chars] if stamps else None,
-            notes=item.notes,
-        ))
+        predictions.append(
+            Transcription(
+                text=result.text,
+                confidence=result.confidence,
+                duration_s=item.duration_s,
+                words=[TimedText(text=w.text, start_s=w.start_s, end_s=w.end_s) for w in result.words]
+                if stamps else None,
+                chars=[TimedText(text=c.text, start_s=c.start_s, end_s=c.end_s) for c in result.chars]
+                if stamps else None,
+                notes=item.notes,
+            )
+        )
     return TranscribeResponse(model=model.name, version=model.version, predictions=predictions)
 
 
@@ -315,11 +350,15 @@ async def classify_audio(model: LoadedModel, payload: Payload) -> AudioClassifyR
     decoded, inputs = await _decode_audio(model, task, payload.blobs)
     outputs = await model.infer(inputs)
     probs = labels.class_scores(
-        output(outputs, task.output, model), items=len(decoded), activation="softmax" if task.logits else "none"
+        output(outputs, task.output, model),
+        items=len(decoded),
+        activation="softmax" if task.logits else "none",
     )
     predictions = [
         AudioPrediction(labels=top, probabilities=everything, duration_s=item.duration_s, notes=item.notes)
-        for (top, everything), item in zip(_rank_rows(model, task, probs, payload.options), decoded, strict=True)
+        for (top, everything), item in zip(
+            _rank_rows(model, task, probs, payload.options), decoded, strict=True
+        )
     ]
     return AudioClassifyResponse(model=model.name, version=model.version, predictions=predictions)
 

@@ -45,7 +45,9 @@ class _OneOrMany(_Request):
     def _exactly_one(self) -> _OneOrMany:
         single, many = getattr(self, self.single_field), getattr(self, self.many_field)
         if (single is None) == (many is None):
-            raise ValueError(f"give exactly one of '{self.single_field}' (one item) and '{self.many_field}' (a list)")
+            raise ValueError(
+                f"give exactly one of '{self.single_field}' (one item) and '{self.many_field}' (a list)"
+            )
         if many is not None and not many:
             raise ValueError(f"'{self.many_field}' is empty; give at least one item")
         return self
@@ -58,7 +60,9 @@ class _OneOrMany(_Request):
 class ImageClassifyRequest(_OneOrMany):
     """Images as base64 (optionally a `data:image/...;base64,` URL)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"image": PNG_1X1, "top_k": 3}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image": PNG_1X1, "top_k": 3}]}
+    )
     single_field, many_field = "image", "images"
     image: str | None = None
     """One image, base64-encoded PNG, JPEG, WebP, BMP or GIF."""
@@ -86,7 +90,9 @@ class TextClassifyRequest(_OneOrMany):
 
 
 class EmbeddingRequest(_OneOrMany):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["first", "second"]}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": ["first", "second"]}]}
+    )
     single_field, many_field = "text", "texts"
     text: str | None = None
     texts: list[str] | None = None
@@ -121,7 +127,8 @@ class AnomalyRequest(_OneOrMany):
     images: list[str] | None = None
     """Several images; they are scored as one batch."""
     return_reconstruction: bool | None = None
-    """Also return, per image, what the model saw, its reconstruction and a per-pixel error map (PNG, base64)."""
+    """Also return, per image, what the model saw, its reconstruction and a per-pixel error map
+    (PNG, base64)."""
 
 
 MAX_SEED = 2**63 - 1
@@ -168,7 +175,9 @@ class TaskResponse(BaseModel):
 class ImageClassifyResponse(TaskResponse):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model": "cnn", "version": "1", "task": "image-classification",
-        "predictions": [{"labels": [{"label": "7", "score": 0.97}, {"label": "1", "score": 0.02}], "notes": []}],
+        "predictions": [
+            {"labels": [{"label": "7", "score": 0.97}, {"label": "1", "score": 0.02}], "notes": []},
+        ],
     }]})
     task: Literal["image-classification"] = "image-classification"
     predictions: list[ImagePrediction]
@@ -299,8 +308,8 @@ class GenerationResponse(TaskResponse):
 
 
 PredictResponse = (
-    ImageClassifyResponse | TextClassifyResponse | TranscribeResponse | AudioClassifyResponse | EmbeddingResponse
-    | AnomalyResponse | GenerationResponse
+    ImageClassifyResponse | TextClassifyResponse | TranscribeResponse | AudioClassifyResponse
+    | EmbeddingResponse | AnomalyResponse | GenerationResponse
 )
 
 

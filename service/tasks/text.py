@@ -128,7 +128,9 @@ def pool(
     """
     if pooling == "none":
         if output.ndim != 2:
-            raise InferenceFailed(f"embedding output has shape {list(output.shape)}; pooling none expects [batch, dim]")
+            raise InferenceFailed(
+                f"embedding output has shape {list(output.shape)}; pooling none expects [batch, dim]"
+            )
         vectors = output.astype(np.float32)
     else:
         if output.ndim != 3 or output.shape[1] < mask.shape[1]:

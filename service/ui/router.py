@@ -24,7 +24,8 @@ from service.settings import Settings
 STATIC = Path(str(files("service.ui") / "static"))
 """The page's own files."""
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
-"""swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png, as fastapi-offline ships them."""
+"""swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png, as fastapi-offline
+ships them."""
 ASSETS_URL = "/ui/assets"
 STATIC_URL = "/ui/static"
 NO_CACHE = {"Cache-Control": "no-cache"}
