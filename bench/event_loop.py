@@ -5,8 +5,8 @@ logits [B, 10]) and `big` (x FP32 [B, N] -> sum [B], with N chosen so one JSON r
 `--big-mb` MB). Each round runs wrk on `small` at c=8 alone, then again while `--big-clients` threads
 each send the big JSON body back to back; the figure is loaded p99 / alone p99 (bar: at most 3x),
 the median over rounds. `--tree` picks the source trees to serve (one server each, measured in turn
-every round: all alone, then all loaded, so a shared machine's drift hits each alike): old code is measured from a
-`git worktree add /tmp/old <commit>` checkout beside this one:
+every round: all alone, then all loaded, so a shared machine's drift hits each alike): old code is
+measured from a `git worktree add /tmp/old <commit>` checkout beside this one:
 
     nice -n 10 .venv/bin/python bench/event_loop.py --tree /tmp/old . --port 48101
 """
@@ -148,8 +148,11 @@ def threshold(repeats: int) -> None:
                     started = time.perf_counter()
                     await pool.decode(body, content_encoding=None, header_length=None)
                     remote.append(time.perf_counter() - started)
-                print(f"{len(body) / 1024:8.1f} KiB JSON: inline {statistics.median(inline) * 1e3:7.2f} ms of event "
-                      f"loop | via a worker {statistics.median(remote) * 1e3:7.2f} ms round trip", flush=True)
+                print(
+                    f"{len(body) / 1024:8.1f} KiB JSON: inline {statistics.median(inline) * 1e3:7.2f} ms of "
+                    f"event loop | via a worker {statistics.median(remote) * 1e3:7.2f} ms round trip",
+                    flush=True,
+                )
         finally:
             pool.close()
 
@@ -157,13 +160,22 @@ def threshold(repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", type=Path, nargs="+", default=[HERE.parent],
-                        help="source trees to serve, one server each (ports --port, --port+1, ...), measured in turn "
-                             "every round (default: this tree)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        nargs="+",
+        default=[HERE.parent],
+        help="source trees to serve, one server each (ports --port, --port+1, ...), measured in turn "
+        "every round (default: this tree)",
+    )
     parser.add_argument("--port", type=int, default=48100)
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="alone/loaded pairs; the median ratio is reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alone/loaded pairs; the median ratio is reported"
+    )
     parser.add_argument("--big-mb", type=float, default=32.0, help="size of each big JSON body in MB")
     parser.add_argument("--big-clients", type=int, default=4)
     parser.add_argument("--threshold", action="store_true",
@@ -191,13 +203,27 @@ def main() -> None:
                 env = {**os.environ, "PYTHONPATH": str(tree), "DEEPSERVE_MODEL_REPOSITORY": str(repo),
                        "DEEPSERVE_PORT": str(args.port + index), "DEEPSERVE_HOST": "127.0.0.1",
                        "DEEPSERVE_LOG_LEVEL": "WARNING"}
-                servers.append((tree, url, subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=tree,
-                                                            env=env, stdout=log, stderr=subprocess.STDOUT)))
+                servers.append(
+                    (
+                        tree,
+                        url,
+                        subprocess.Popen(
+                            [sys.executable, "-m", "service", "serve"],
+                            cwd=tree,
+                            env=env,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                        ),
+                    )
+                )
             for _, url, process in servers:
                 wait_ready(url, process)
                 wrk_p99(f"{url}/v2/models/small/infer", small_file, 1)  # warm up
-            print(f"big body {len(big_body) / 1e6:.1f} MB, {elements} elements, {args.big_clients} clients; small "
-                  f"model wrk c=8, {args.seconds} s per run; trees interleaved round by round", flush=True)
+            print(
+                f"big body {len(big_body) / 1e6:.1f} MB, {elements} elements, {args.big_clients} clients; "
+                f"small model wrk c=8, {args.seconds} s per run; trees interleaved round by round",
+                flush=True,
+            )
             ratios: dict[Path, list[float]] = {tree: [] for tree in trees}
             for round_ in range(1, args.rounds + 1):
                 # every tree alone first, then every tree loaded (in turns: who goes first alternates), so no
@@ -209,8 +235,10 @@ def main() -> None:
                     label = f"round {round_} {tree.name}"
                     ratios[tree].append(loaded(url, small_file, big_body, args, alone[tree], label))
             for tree in trees:
-                print(f"{tree} ({_commit(tree)}): median p99 rise x{statistics.median(ratios[tree]):.2f} over "
-                      f"{args.rounds} rounds (bar: at most x3)")
+                print(
+                    f"{tree} ({_commit(tree)}): median p99 rise x{statistics.median(ratios[tree]):.2f} over "
+                    f"{args.rounds} rounds (bar: at most x3)"
+                )
         finally:
             for _, _, process in servers:
                 process.terminate()
@@ -233,7 +261,9 @@ def loaded(url: str, small_file: Path, big_body: bytes, args: argparse.Namespace
 
 
 def _commit(tree: Path) -> str:
-    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     return out.stdout.strip() or "unknown"
 
 

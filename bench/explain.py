@@ -154,8 +154,16 @@ def image_model(repository: Path, name: str) -> tuple[ort.InferenceSession, Imag
     return session, config.task
 
 
-def digit_deletion(client: httpx.Client, repository: Path, pngs: list[bytes], truth: list[int], *,
-                   fraction: float = 0.1, model: str = "cnn", params: dict[str, str] | None = None) -> dict[str, Any]:
+def digit_deletion(
+    client: httpx.Client,
+    repository: Path,
+    pngs: list[bytes],
+    truth: list[int],
+    *,
+    fraction: float = 0.1,
+    model: str = "cnn",
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """True-class probability drop: top `fraction` of pixels by attribution vs random pixels, both set
     to the explanation's own baseline (black or blur)."""
     session, task = image_model(repository, model)
@@ -163,8 +171,12 @@ def digit_deletion(client: httpx.Client, repository: Path, pngs: list[bytes], tr
     top_drops, random_drops, times = [], [], []
     for data, label in zip(pngs, truth, strict=True):
         started = time.perf_counter()
-        response = client.post(f"/v1/models/{model}/explain", params={"target": label, **(params or {})}, content=data,
-                               headers={"content-type": "image/png"})
+        response = client.post(
+            f"/v1/models/{model}/explain",
+            params={"target": label, **(params or {})},
+            content=data,
+            headers={"content-type": "image/png"},
+        )
         times.append(time.perf_counter() - started)
         response.raise_for_status()
         body = response.json()
@@ -199,13 +211,19 @@ def sanity(client: httpx.Client, pngs: list[bytes]) -> dict[str, Any]:
     """Spearman correlation of cnn vs re-initialised cnn maps (same input, same target label index)."""
     rhos = []
     for data in pngs:
-        trained = client.post("/v1/models/cnn/explain", content=data, headers={"content-type": "image/png"}).json()
+        trained = client.post(
+            "/v1/models/cnn/explain", content=data, headers={"content-type": "image/png"}
+        ).json()
         target = trained["target"]
         fresh = client.post("/v1/models/cnn_random/explain", params={"target": target}, content=data,
                             headers={"content-type": "image/png"}).json()
         a, b = _cells(trained["attributions"]), _cells(fresh["attributions"])
         rhos.append(_spearman(a, b))
-    return {"items": len(pngs), "mean_spearman": float(np.mean(rhos)), "mean_abs_spearman": float(np.mean(np.abs(rhos)))}
+    return {
+        "items": len(pngs),
+        "mean_spearman": float(np.mean(rhos)),
+        "mean_abs_spearman": float(np.mean(np.abs(rhos))),
+    }
 
 
 def _cells(attributions: list[list[float]]) -> np.ndarray:
@@ -227,7 +245,9 @@ def tweet_deletion(client: httpx.Client, count: int) -> dict[str, Any]:
 
     data = load(seed=0)
     labels = list(data.labels)
-    pairs = [(t, y) for t, y in zip(data.test.texts, data.test.labels, strict=True) if len(t.split()) >= 2][:count]
+    pairs = [
+        (t, y) for t, y in zip(data.test.texts, data.test.labels, strict=True) if len(t.split()) >= 2
+    ][:count]
     rng = random.Random(0)
     top_drops, random_drops, flips = [], [], 0
     for text, y in pairs:
@@ -236,11 +256,16 @@ def tweet_deletion(client: httpx.Client, count: int) -> dict[str, Any]:
         best = max(range(len(words)), key=lambda i: words[i]["score"])
         other = rng.randrange(len(words))
         variants = [text, _delete(text, words[best]), _delete(text, words[other])]
-        predicted = client.post("/v1/models/text/predict", json={"texts": variants, "return_probabilities": True})
+        predicted = client.post(
+            "/v1/models/text/predict", json={"texts": variants, "return_probabilities": True}
+        )
         probs = [p["probabilities"][labels[y]] for p in predicted.json()["predictions"]]
         top_drops.append(probs[0] - probs[1])
         random_drops.append(probs[0] - probs[2])
-        flips += predicted.json()["predictions"][1]["labels"][0]["label"] != predicted.json()["predictions"][0]["labels"][0]["label"]
+        flips += (
+            predicted.json()["predictions"][1]["labels"][0]["label"]
+            != predicted.json()["predictions"][0]["labels"][0]["label"]
+        )
     return {"items": len(pairs), "test_split_size": len(data.test), "top_drop": float(np.mean(top_drops)),
             "random_drop": float(np.mean(random_drops)), "ratio": _ratio(top_drops, random_drops),
             "top_word_flips": flips}
@@ -307,24 +332,43 @@ def speech_deletion(client: httpx.Client, count: int) -> dict[str, Any]:
         curve = body["curve"]
         chosen = []
         for word in body["words"]:
-            inside = [i for i, c in enumerate(curve) if c["end_s"] > word["start_s"] and c["start_s"] < word["end_s"]]
+            inside = [
+                i
+                for i, c in enumerate(curve)
+                if c["end_s"] > word["start_s"] and c["start_s"] < word["end_s"]
+            ]
             if inside:
                 chosen.append(max(inside, key=lambda i: curve[i]["score"]))
         if not chosen:  # nothing transcribed: no word to take a window from
             continue
-        random_windows = rng.choice(len(curve), size=len(chosen), replace=False) if len(curve) >= len(chosen) else []
+        random_windows = (
+            rng.choice(len(curve), size=len(chosen), replace=False) if len(curve) >= len(chosen) else []
+        )
         variants = [samples, _silence(samples, curve, chosen), _silence(samples, curve, list(random_windows))]
-        texts = [client.post("/v1/models/speech/predict", content=_wav(v),
-                             headers={"content-type": "audio/wav"}).json()["predictions"][0]["text"] for v in variants]
+        texts = [
+            client.post(
+                "/v1/models/speech/predict", content=_wav(v), headers={"content-type": "audio/wav"}
+            ).json()["predictions"][0]["text"]
+            for v in variants
+        ]
         base = _cer(ref, texts[0])
         top_increase.append(_cer(ref, texts[1]) - base)
         random_increase.append(_cer(ref, texts[2]) - base)
     if not top_increase:
-        return {"items": 0, "recordings": len(audios), "note": "the model transcribed no word of any recording"}
-    return {"items": len(top_increase), "recordings": len(audios), "top_cer_increase": float(np.mean(top_increase)),
-            "random_cer_increase": float(np.mean(random_increase)), "ratio": _ratio(top_increase, random_increase),
-            "explain_p50_ms": 1000 * statistics.median(times),
-            "mean_duration_s": float(np.mean([a.size / 16000 for a in audios]))}
+        return {
+            "items": 0,
+            "recordings": len(audios),
+            "note": "the model transcribed no word of any recording",
+        }
+    return {
+        "items": len(top_increase),
+        "recordings": len(audios),
+        "top_cer_increase": float(np.mean(top_increase)),
+        "random_cer_increase": float(np.mean(random_increase)),
+        "ratio": _ratio(top_increase, random_increase),
+        "explain_p50_ms": 1000 * statistics.median(times),
+        "mean_duration_s": float(np.mean([a.size / 16000 for a in audios])),
+    }
 
 
 def _silence(samples: np.ndarray, curve: list[dict[str, Any]], windows: list[int]) -> np.ndarray:
@@ -360,7 +404,9 @@ def cpu_per_request(client: httpx.Client, pid: int, repeats: int, url: str, **kw
     return 1000 * (server_cpu_s(pid) - before) / repeats
 
 
-def speed(client: httpx.Client, url: str, digit: bytes, seconds: float, repeats: int, pid: int) -> dict[str, Any]:
+def speed(
+    client: httpx.Client, url: str, digit: bytes, seconds: float, repeats: int, pid: int
+) -> dict[str, Any]:
     image = {"content": digit, "headers": {"content-type": "image/png"}}
     sentence = ("honestly this was the worst customer service i have ever had and i will never "
                 "fly with them again because they lost my bag")  # 24 words
@@ -368,14 +414,21 @@ def speed(client: httpx.Client, url: str, digit: bytes, seconds: float, repeats:
     two_s = np.pad(two_s, (0, max(0, 32000 - two_s.size)))[:32000]
     recording = {"content": _wav(two_s), "headers": {"content-type": "audio/wav"}}
     out: dict[str, Any] = {}
-    for name, model, kwargs in (("cnn", "cnn", image), ("text_20_words", "text", {"json": {"text": sentence}}),
-                                ("speech_2s", "speech", recording)):
+    for name, model, kwargs in (
+        ("cnn", "cnn", image),
+        ("text_20_words", "text", {"json": {"text": sentence}}),
+        ("speech_2s", "speech", recording),
+    ):
         client.post(f"/v1/models/{model}/explain", **kwargs)  # warm
         out[name] = {"explain_p50_ms": p50(client, repeats, "POST", f"/v1/models/{model}/explain", **kwargs),
                      "predict_p50_ms": p50(client, repeats, "POST", f"/v1/models/{model}/predict", **kwargs)}
         out[name]["ratio"] = out[name]["explain_p50_ms"] / out[name]["predict_p50_ms"]
-        out[name]["explain_cpu_ms"] = cpu_per_request(client, pid, repeats, f"/v1/models/{model}/explain", **kwargs)
-        out[name]["predict_cpu_ms"] = cpu_per_request(client, pid, repeats, f"/v1/models/{model}/predict", **kwargs)
+        out[name]["explain_cpu_ms"] = cpu_per_request(
+            client, pid, repeats, f"/v1/models/{model}/explain", **kwargs
+        )
+        out[name]["predict_cpu_ms"] = cpu_per_request(
+            client, pid, repeats, f"/v1/models/{model}/predict", **kwargs
+        )
     quiet, busy = asyncio.run(_predict_under_explanations(url, digit, seconds))
     out["predict_c8"] = {"alone_p50_ms": quiet, "with_1_explain_per_s_p50_ms": busy, "ratio": busy / quiet}
     return out
@@ -390,14 +443,18 @@ async def _predict_under_explanations(url: str, digit: bytes, seconds: float) ->
             async def worker() -> None:
                 while time.monotonic() < stop:
                     started = time.perf_counter()
-                    r = await client.post("/v1/models/cnn/predict", content=digit, headers={"content-type": "image/png"})
+                    r = await client.post(
+                        "/v1/models/cnn/predict", content=digit, headers={"content-type": "image/png"}
+                    )
                     r.raise_for_status()
                     times.append(time.perf_counter() - started)
 
             async def explainer() -> None:
                 while time.monotonic() < stop:
                     tick = time.monotonic()
-                    r = await client.post("/v1/models/cnn/explain", content=digit, headers={"content-type": "image/png"})
+                    r = await client.post(
+                        "/v1/models/cnn/explain", content=digit, headers={"content-type": "image/png"}
+                    )
                     r.raise_for_status()
                     await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
 
@@ -443,7 +500,9 @@ def sentence_png(words: list[dict[str, Any]], title: str) -> bytes:
 
     font, small = _font(26), _font(16)
     peak = max(abs(w["score"]) for w in words)
-    widths = [int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(w["text"], font=font)) + 12 for w in words]
+    widths = [
+        int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(w["text"], font=font)) + 12 for w in words
+    ]
     width = max(600, sum(widths) + 6 * len(words) + 20)
     page = Image.new("RGB", (width, 110), "white")
     draw = ImageDraw.Draw(page)
@@ -488,7 +547,9 @@ def recording_png(body: dict[str, Any], samples: np.ndarray) -> bytes:
         draw.rectangle((x(c["start_s"]) + 1, min(base, base - h), x(c["end_s"]) - 1, max(base, base - h)),
                        fill=(220, 30, 30) if h >= 0 else (30, 90, 230))
     for w in body["words"]:  # word spans, bottom band
-        draw.rectangle((x(w["start_s"]), 225, x(w["end_s"]), 255), fill=_colour(w["score"], peak), outline=(60, 60, 60))
+        draw.rectangle(
+            (x(w["start_s"]), 225, x(w["end_s"]), 255), fill=_colour(w["score"], peak), outline=(60, 60, 60)
+        )
         draw.text((x(w["start_s"]) + 3, 228), w["text"], fill="black", font=_font(18))
         draw.text((x(w["start_s"]) + 3, 262), f"{w['score']:+.1f}", fill=(90, 90, 90), font=_font(14))
     buffer = io.BytesIO()
@@ -510,8 +571,11 @@ def docs_pictures(client: httpx.Client, folder: Path, recording: Path | None) ->
                                      if k not in ("attributions", "image_attributions", "heatmap_png")}
     sentence = "worst customer service ever, rude staff and my bag is lost again"
     body = client.post("/v1/models/text/explain", json={"text": sentence, "target": "negative"}).json()
-    (folder / "sentence.png").write_bytes(sentence_png(body["words"], f"text model: {body['explained']}, "
-                                                                      f"KernelSHAP, {body['evaluations']} evaluations"))
+    (folder / "sentence.png").write_bytes(
+        sentence_png(
+            body["words"], f"text model: {body['explained']}, KernelSHAP, {body['evaluations']} evaluations"
+        )
+    )
     examples["text"] = body
     if recording is not None:
         samples, rate = soundfile.read(recording, dtype="float32")
@@ -530,13 +594,21 @@ def docs_pictures(client: httpx.Client, folder: Path, recording: Path | None) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=Path("/tmp/demo_full"), help="repository with cnn, mlp")
-    parser.add_argument("--repo", type=Path, default=Path("/tmp/demo_quick"), help="repository with text, speech")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", type=Path, default=Path("/tmp/demo_full"), help="repository with cnn, mlp"
+    )
+    parser.add_argument(
+        "--repo", type=Path, default=Path("/tmp/demo_quick"), help="repository with text, speech"
+    )
     parser.add_argument("--only", action="append",
                         choices=["faithfulness", "digits", "tweets", "speech", "sanity", "speed", "docs"],
                         help="parts to run (faithfulness = digits + tweets + speech); default: all but docs")
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "explanations", help="where --only docs writes")
+    parser.add_argument(
+        "--docs", type=Path, default=ROOT / "docs" / "explanations", help="where --only docs writes"
+    )
     parser.add_argument("--recording", type=Path, help="a WAV for the docs' speech picture")
     parser.add_argument("--digits", type=int, default=200)
     parser.add_argument("--tweets", type=int, default=500)
@@ -561,8 +633,9 @@ def main() -> None:
                 pngs, truth = heldout_digits(max(args.digits, args.sanity_digits))
                 if "digits" in parts:
                     params = dict(option.split("=", 1) for option in args.digit_option)
-                    results["digits_cnn"] = digit_deletion(client, args.images, pngs[: args.digits], truth[: args.digits],
-                                                           params=params)
+                    results["digits_cnn"] = digit_deletion(
+                        client, args.images, pngs[: args.digits], truth[: args.digits], params=params
+                    )
                     print(json.dumps({"digits_cnn": results["digits_cnn"]}), flush=True)
                 if "tweets" in parts:
                     results["tweets"] = tweet_deletion(client, args.tweets)

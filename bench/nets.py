@@ -87,7 +87,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, t, h = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, d)
+        qkv = self.qkv(x).view(b, t, 3, self.heads, h // self.heads)  # (B, T, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, T, d) each
         scores = q @ k.transpose(-1, -2) / math.sqrt(h // self.heads) + bias  # (B, H, T, T)
         attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h)
         x = self.norm1(x + self.proj(attended))
@@ -155,7 +156,9 @@ class BenchModel:
 MODELS = {
     "small": BenchModel("small", SmallCnn, {"input": ((1, 28, 28), "FP32")}, 64),
     "resnet18": BenchModel("resnet18", ResNet18, {"input": ((3, 224, 224), "FP32")}, 16),
-    "bert": BenchModel("bert", BertMini, {"input_ids": ((128,), "INT64"), "attention_mask": ((128,), "INT64")}, 32),
+    "bert": BenchModel(
+        "bert", BertMini, {"input_ids": ((128,), "INT64"), "attention_mask": ((128,), "INT64")}, 32
+    ),
     "speech": BenchModel("speech", SpeechCrnn, {"input": ((16000,), "FP32")}, 32),
 }
 

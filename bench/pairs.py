@@ -70,8 +70,11 @@ async def run(url: str, pairs: list[tuple[str, str]], *, seconds: float, rounds:
             for a, b in pairs:
                 ra, rb = (statistics.mean(r for r, _ in results[m]) for m in (a, b))
                 pa, pb = (statistics.mean(p for _, p in results[m]) for m in (a, b))
-                print(f"c={concurrency}  {a}: {ra:.1f} req/s p50 {pa:.1f} ms  |  {b}: {rb:.1f} req/s p50 {pb:.1f} ms"
-                      f"  |  {b}/{a} req/s {rb / ra:.2f}x", flush=True)
+                print(
+                    f"c={concurrency}  {a}: {ra:.1f} req/s p50 {pa:.1f} ms  |  {b}: {rb:.1f} req/s p50 "
+                    f"{pb:.1f} ms  |  {b}/{a} req/s {rb / ra:.2f}x",
+                    flush=True,
+                )
 
 
 def main() -> int:

@@ -126,19 +126,41 @@ class Report:
     def summary(self) -> dict[str, Any]:
         first, settle, last = self.samples[0], self.sample_at(self.settle_s), self.samples[-1]
         return {
-            "duration_s": round(self.duration_s, 1), "concurrency": self.concurrency, "requests": self.requests,
-            "requests_per_s": round(self.requests / self.duration_s, 1), "by_kind": dict(self.by_kind),
-            "statuses": dict(self.statuses), "5xx": dict(self.server_errors), "lost": self.lost,
-            "mismatched": self.mismatched, "bad_inputs_not_refused": self.bad_refusals, "notes": dict(self.notes),
+            "duration_s": round(self.duration_s, 1),
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "requests_per_s": round(self.requests / self.duration_s, 1),
+            "by_kind": dict(self.by_kind),
+            "statuses": dict(self.statuses),
+            "5xx": dict(self.server_errors),
+            "lost": self.lost,
+            "mismatched": self.mismatched,
+            "bad_inputs_not_refused": self.bad_refusals,
+            "notes": dict(self.notes),
             "chaos": dict(self.chaos),
-            "latency_s": {kind: {"p50": round(float(np.percentile(v, 50)), 3), "p99": round(float(np.percentile(v, 99)), 3),
-                                 "max": round(max(v), 3)} for kind, v in sorted(self.latencies.items())},
-            "rss_mb": {"start": first.rss_mb, f"at_{self.settle_s:.0f}s": settle.rss_mb, "end": last.rss_mb,
-                       "max": max(s.rss_mb for s in self.samples), "drift_from_settle": round(self.rss_drift, 4)},
-            "fds": {"start": first.fds, f"at_{self.settle_s:.0f}s": settle.fds, "end": last.fds,
-                    "max": max(s.fds for s in self.samples)},
-            "connections": {"max_established": max(s.connections for s in self.samples),
-                            "max_slow_clients_at_once": self.max_slow_connections},
+            "latency_s": {
+                kind: {
+                    "p50": round(float(np.percentile(v, 50)), 3),
+                    "p99": round(float(np.percentile(v, 99)), 3),
+                    "max": round(max(v), 3),
+                }
+                for kind, v in sorted(self.latencies.items())
+            },
+            "rss_mb": {
+                "start": first.rss_mb,
+                f"at_{self.settle_s:.0f}s": settle.rss_mb,
+                "end": last.rss_mb,
+                "max": max(s.rss_mb for s in self.samples),
+                "drift_from_settle": round(self.rss_drift, 4),
+            },
+            "fds": {
+                "start": first.fds, f"at_{self.settle_s:.0f}s": settle.fds, "end": last.fds,
+                "max": max(s.fds for s in self.samples),
+            },
+            "connections": {
+                "max_established": max(s.connections for s in self.samples),
+                "max_slow_clients_at_once": self.max_slow_connections,
+            },
             "failures": self.failures(),
         }
 
@@ -185,15 +207,29 @@ def established(port: int) -> int:
 
 
 def start_server(repository: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    full_env = {**os.environ, "DEEPSERVE_PROVIDERS": '["CPUExecutionProvider"]', "DEEPSERVE_LOG_LEVEL": "WARNING",
-                "PYTHONPATH": str(ROOT), **env}
+    full_env = {
+        **os.environ,
+        "DEEPSERVE_PROVIDERS": '["CPUExecutionProvider"]',
+        "DEEPSERVE_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+        **env,
+    }
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+            [
+                sys.executable, "-m", "service", "serve", "--model-repository", str(repository), "--host",
+                "127.0.0.1", "--port", str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+        )
 
 
-async def wait_ready(client: httpx.AsyncClient, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+async def wait_ready(
+    client: httpx.AsyncClient, process: subprocess.Popen[bytes], timeout: float = 300
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -260,7 +296,9 @@ async def v2_cases(client: httpx.AsyncClient, repository: Path, models: list[str
     for name in models:
         meta = (await client.get(f"/v2/models/{name}")).json()
         spec, out = meta["inputs"][0], meta["outputs"][0]
-        version = max((p for p in (repository / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        version = max(
+            (p for p in (repository / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        )
         session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
         for _ in range(per_model):
             batch = int(rng.integers(1, 4))
@@ -275,10 +313,23 @@ async def v2_cases(client: httpx.AsyncClient, repository: Path, models: list[str
 
 
 class Traffic:
-    def __init__(self, client: httpx.AsyncClient, port: int, report: Report, *, cases: list[V2Case],
-                 images: list[tuple[bytes, Any]], texts: list[tuple[str, Any]], audios: list[tuple[bytes, Any]],
-                 image_model: str | None, text_model: str | None, audio_model: str | None, cycle: str | None,
-                 body_timeout_s: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        port: int,
+        report: Report,
+        *,
+        cases: list[V2Case],
+        images: list[tuple[bytes, Any]],
+        texts: list[tuple[str, Any]],
+        audios: list[tuple[bytes, Any]],
+        image_model: str | None,
+        text_model: str | None,
+        audio_model: str | None,
+        cycle: str | None,
+        body_timeout_s: float,
+        rng: random.Random,
+    ) -> None:
         self.client, self.port, self.report = client, port, report
         self.cases, self.images, self.texts, self.audios = cases, images, texts, audios
         self.image_model, self.text_model, self.audio_model = image_model, text_model, audio_model
@@ -323,15 +374,26 @@ class Traffic:
         if response.status_code == 404 and model in self.unloaded:
             return Outcome(kind, 404, True, "404 while unloaded")
         if response.status_code != 200:
-            return Outcome(kind, response.status_code, False, f"status {response.status_code}: {response.text[:200]}")
+            return Outcome(
+                kind, response.status_code, False, f"status {response.status_code}: {response.text[:200]}"
+            )
         return None
 
     async def v2_json(self) -> Outcome:
         case = self.rng.choice(self.cases)
         rid = self.rid("v2j")
-        body = {"id": rid, "inputs": [{"name": case.input_name, "shape": list(case.x.shape), "datatype": "FP32",
-                                       "data": case.x.ravel().tolist()}]}
-        response = await self.client.post(f"/v2/models/{case.model}/infer", json=body, headers={"x-request-id": rid})
+        body = {
+            "id": rid,
+            "inputs": [
+                {
+                    "name": case.input_name, "shape": list(case.x.shape), "datatype": "FP32",
+                    "data": case.x.ravel().tolist(),
+                }
+            ],
+        }
+        response = await self.client.post(
+            f"/v2/models/{case.model}/infer", json=body, headers={"x-request-id": rid}
+        )
         early = self._check_status("v2_json", response, rid, case.model)
         if early:
             return early
@@ -352,8 +414,14 @@ class Traffic:
             "parameters": {"binary_data_size": len(raw)}}],
             "outputs": [{"name": case.output_name, "parameters": {"binary_data": True}}]}).encode()
         response = await self.client.post(
-            f"/v2/models/{case.model}/infer", content=header + raw,
-            headers={"x-request-id": rid, "content-type": "application/octet-stream", HEADER: str(len(header))})
+            f"/v2/models/{case.model}/infer",
+            content=header + raw,
+            headers={
+                "x-request-id": rid,
+                "content-type": "application/octet-stream",
+                HEADER: str(len(header)),
+            },
+        )
         early = self._check_status("v2_binary", response, rid, case.model)
         if early:
             return early
@@ -395,7 +463,9 @@ class Traffic:
 
     async def _refused(self, kind: str, method_path: str, content: bytes, headers: dict[str, str]) -> Outcome:
         rid = self.rid(kind)
-        response = await self.client.post(method_path, content=content, headers={"x-request-id": rid, **headers})
+        response = await self.client.post(
+            method_path, content=content, headers={"x-request-id": rid, **headers}
+        )
         if response.status_code >= 500:
             return Outcome(kind, response.status_code, False, f"5xx: {response.text[:200]}")
         try:
@@ -427,19 +497,25 @@ class Traffic:
         case, path = self._v2_path()
         body = {"inputs": [{"name": case.input_name, "shape": list(case.x.shape), "datatype": "INT64",
                             "data": [1] * case.x.size}]}
-        return await self._refused("bad_datatype", path, json.dumps(body).encode(), {"content-type": "application/json"})
+        return await self._refused(
+            "bad_datatype", path, json.dumps(body).encode(), {"content-type": "application/json"}
+        )
 
     async def bad_name(self) -> Outcome:
         case, path = self._v2_path()
         body = {"inputs": [{"name": "nope", "shape": list(case.x.shape), "datatype": "FP32",
                             "data": case.x.ravel().tolist()}]}
-        return await self._refused("bad_name", path, json.dumps(body).encode(), {"content-type": "application/json"})
+        return await self._refused(
+            "bad_name", path, json.dumps(body).encode(), {"content-type": "application/json"}
+        )
 
     async def bad_huge_dims(self) -> Outcome:
         case, path = self._v2_path()
         shape = [1_000_000_000, *case.x.shape[1:]]
         body = {"inputs": [{"name": case.input_name, "shape": shape, "datatype": "FP32", "data": [0.0]}]}
-        return await self._refused("bad_huge_dims", path, json.dumps(body).encode(), {"content-type": "application/json"})
+        return await self._refused(
+            "bad_huge_dims", path, json.dumps(body).encode(), {"content-type": "application/json"}
+        )
 
     async def bad_json(self) -> Outcome:
         _, path = self._v2_path()
@@ -452,8 +528,18 @@ class Traffic:
 
     async def bad_truncated_gzip(self) -> Outcome:
         case, path = self._v2_path()
-        body = gzip.compress(json.dumps({"inputs": [{"name": case.input_name, "shape": list(case.x.shape),
-                                                     "datatype": "FP32", "data": case.x.ravel().tolist()}]}).encode())
+        body = gzip.compress(
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": case.input_name, "shape": list(case.x.shape), "datatype": "FP32",
+                            "data": case.x.ravel().tolist(),
+                        }
+                    ]
+                }
+            ).encode()
+        )
         return await self._refused("bad_truncated_gzip", path, body[: len(body) * 2 // 3],
                                    {"content-encoding": "gzip", "content-type": "application/json"})
 
@@ -465,8 +551,10 @@ class Traffic:
     async def bad_text_encoding(self) -> Outcome:
         if not self.text_model:
             return await self.bad_json()
-        return await self._refused("bad_text_encoding", f"/v1/models/{self.text_model}/predict", b"\xff\xfe\xfa bad",
-                                   {"content-type": "text/plain"})
+        return await self._refused(
+            "bad_text_encoding", f"/v1/models/{self.text_model}/predict", b"\xff\xfe\xfa bad",
+            {"content-type": "text/plain"},
+        )
 
     async def _raw(self, path: str, headers: dict[str, str], chunks: list[bytes], pause_s: float,
                    stall: bool = False) -> tuple[int, dict[str, str], bytes]:
@@ -500,8 +588,17 @@ class Traffic:
     async def slow_drip(self) -> Outcome:
         case, path = self._v2_path()
         rid = self.rid("slow")
-        body = json.dumps({"id": rid, "inputs": [{"name": case.input_name, "shape": list(case.x.shape),
-                                                  "datatype": "FP32", "data": case.x.ravel().tolist()}]}).encode()
+        body = json.dumps(
+            {
+                "id": rid,
+                "inputs": [
+                    {
+                        "name": case.input_name, "shape": list(case.x.shape), "datatype": "FP32",
+                        "data": case.x.ravel().tolist(),
+                    }
+                ],
+            }
+        ).encode()
         step = max(1, len(body) // 10)
         chunks = [body[i:i + step] for i in range(0, len(body), step)]
         headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), "x-request-id": rid}
@@ -544,7 +641,9 @@ def same_prediction(got: dict[str, Any], expected: dict[str, Any]) -> bool:
         if "labels" in y:
             if [label["label"] for label in x.get("labels", [])] != [label["label"] for label in y["labels"]]:
                 return False
-            if any(abs(p["score"] - q["score"]) > 1e-3 for p, q in zip(x["labels"], y["labels"], strict=True)):
+            if any(
+                abs(p["score"] - q["score"]) > 1e-3 for p, q in zip(x["labels"], y["labels"], strict=True)
+            ):
                 return False
     return True
 
@@ -562,7 +661,9 @@ async def soak(args: argparse.Namespace) -> Report:
     process = start_server(repository, args.port, log, env)
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=120, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{args.port}", timeout=120, limits=limits
+        ) as client:
             await wait_ready(client, process)
             rng = np.random.default_rng(args.seed)
             cases = await v2_cases(client, repository, args.v2, rng, per_model=16)
@@ -572,9 +673,21 @@ async def soak(args: argparse.Namespace) -> Report:
             refs_t = [(t, await reference(client, args.text, t.encode(), "text/plain")) for t in TEXTS] \
                 if args.text else []
             refs_a = [(d, await reference(client, args.audio, d, "audio/wav")) for d in audios]
-            traffic = Traffic(client, args.port, report, cases=cases, images=refs_i, texts=refs_t, audios=refs_a,
-                              image_model=args.image, text_model=args.text, audio_model=args.audio, cycle=args.cycle,
-                              body_timeout_s=args.body_timeout, rng=random.Random(args.seed))
+            traffic = Traffic(
+                client,
+                args.port,
+                report,
+                cases=cases,
+                images=refs_i,
+                texts=refs_t,
+                audios=refs_a,
+                image_model=args.image,
+                text_model=args.text,
+                audio_model=args.audio,
+                cycle=args.cycle,
+                body_timeout_s=args.body_timeout,
+                rng=random.Random(args.seed),
+            )
             await run_phase(traffic, client, process, report, args)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -587,8 +700,12 @@ async def soak(args: argparse.Namespace) -> Report:
     return report
 
 
-async def reference(client: httpx.AsyncClient, model: str | None, content: bytes, media: str) -> dict[str, Any]:
-    response = await client.post(f"/v1/models/{model}/predict", content=content, headers={"content-type": media})
+async def reference(
+    client: httpx.AsyncClient, model: str | None, content: bytes, media: str
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/v1/models/{model}/predict", content=content, headers={"content-type": media}
+    )
     response.raise_for_status()
     answer: dict[str, Any] = response.json()
     return answer
@@ -625,8 +742,12 @@ async def run_phase(traffic: Traffic, client: httpx.AsyncClient, process: subpro
 
     async def monitor() -> None:
         while True:
-            report.samples.append(Sample(round(time.monotonic() - started, 1), round(proc_rss_mb(process.pid), 1),
-                                         proc_fds(process.pid), established(args.port)))
+            report.samples.append(
+                Sample(
+                    round(time.monotonic() - started, 1), round(proc_rss_mb(process.pid), 1),
+                    proc_fds(process.pid), established(args.port),
+                )
+            )
             if time.monotonic() >= stop_at:
                 return
             await asyncio.sleep(5)
@@ -675,7 +796,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle", default="mlp", help="model unloaded and loaded every 120 s ('' for none)")
     p.add_argument("--reload-every", type=float, default=30, help="seconds between reloads")
     p.add_argument("--cycle-every", type=float, default=120, help="seconds between unload/load cycles")
-    p.add_argument("--body-timeout", type=float, default=20.0, help="DEEPSERVE_REQUEST_BODY_TIMEOUT_S of the server")
+    p.add_argument(
+        "--body-timeout", type=float, default=20.0, help="DEEPSERVE_REQUEST_BODY_TIMEOUT_S of the server"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", help="server log file (default: in the temporary folder)")
     p.add_argument("--json", help="write the summary here")

@@ -58,7 +58,9 @@ def v2_request(metadata: dict[str, Any], seconds: float = 1.0) -> dict[str, Any]
         for d in shape:
             size *= d
         value: float = (samples if len(shape) == 1 else 1) if integer else 0.0
-        inputs.append({"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "data": [value] * size})
+        inputs.append(
+            {"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "data": [value] * size}
+        )
     return {"inputs": inputs}
 
 
@@ -134,7 +136,8 @@ def inflight(url: str, command: list[str], clients: int = 8, model: str = "speec
                     outcome = str(response.status)
             except urllib.error.HTTPError as exc:
                 outcome = str(exc.code)
-            except urllib.error.URLError as exc:  # connect or send failed, so the server never read the request
+            # connect or send failed, so the server never read the request
+            except urllib.error.URLError as exc:
                 if not_accepted(exc.reason):
                     outcome = "refused"
                 elif isinstance(exc.reason, (ConnectionResetError, BrokenPipeError)):

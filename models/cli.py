@@ -30,7 +30,9 @@ _FIRST_METRICS = ("accuracy", "macro_f1", "wer", "cer", "baseline_accuracy")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepserve-train", description="Train, export, verify and publish demo models.")
+    parser = argparse.ArgumentParser(
+        prog="deepserve-train", description="Train, export, verify and publish demo models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build families into a model repository")
     build.add_argument("families", nargs="*", help="families to build (default: all; see `list`)")
@@ -41,10 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     build.add_argument("--data", type=Path, default=None, help="your own data instead of the built-in data")
     build.add_argument("--version", type=int, default=1, help="version folder to publish (default 1)")
-    build.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    build.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     build.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     sub.add_parser("list", help="list the families and any that failed to import")
-    quant = sub.add_parser("quantize", help="publish INT8 variants <name>-int8 of built models (models/quantize.py)")
+    quant = sub.add_parser(
+        "quantize", help="publish INT8 variants <name>-int8 of built models (models/quantize.py)"
+    )
     quant.add_argument("models", nargs="*", default=["cnn", "mlp", "text"], help="models in the repository")
     quant.add_argument("--repo", type=Path, required=True, help="model repository root (written to)")
     return parser

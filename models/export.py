@@ -57,7 +57,9 @@ def export_onnx(
         )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
-    _check_graph(model, input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes, opset=opset)
+    _check_graph(
+        model, input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes, opset=opset
+    )
 
 
 def _check_graph(
@@ -75,7 +77,9 @@ def _check_graph(
     inputs = [i for i in model.graph.input if i.name not in initializers]
     got_in, got_out = [i.name for i in inputs], [o.name for o in model.graph.output]
     if got_in != input_names or got_out != output_names:
-        raise ExportError(f"graph has inputs {got_in} and outputs {got_out}, expected {input_names} and {output_names}")
+        raise ExportError(
+            f"graph has inputs {got_in} and outputs {got_out}, expected {input_names} and {output_names}"
+        )
     values = {v.name: v for v in [*inputs, *model.graph.output]}
     for name, axes in dynamic_axes.items():
         if name not in values:

@@ -63,7 +63,9 @@ def git_commit(where: Path | None = None) -> str:
 def _write_side_file(folder: Path, name: str, content: Path | bytes | str) -> None:
     target = folder / name
     if Path(name).name != name or name in (MODEL_FILE, PROVENANCE_FILE):
-        raise ValueError(f"side file name {name!r} must be a plain file name other than {MODEL_FILE}/{PROVENANCE_FILE}")
+        raise ValueError(
+            f"side file name {name!r} must be a plain file name other than {MODEL_FILE}/{PROVENANCE_FILE}"
+        )
     if isinstance(content, Path):
         shutil.copyfile(content, target)
     elif isinstance(content, bytes):
@@ -122,7 +124,9 @@ def publish(
         shutil.copyfile(onnx_file, staged / MODEL_FILE)
         for file_name, content in side_files.items():
             _write_side_file(staged, file_name, content)
-        (staged / PROVENANCE_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (staged / PROVENANCE_FILE).write_text(
+            json.dumps(facts, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         staged.chmod(0o755)
         _swap_in(staged, model_dir / str(version))
     except BaseException:

@@ -50,7 +50,9 @@ def _scheduler(
     opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.25)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.25
+        )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     return None
@@ -86,7 +88,8 @@ def fit(
     decay = [p for p in net.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
     )
     sched = _scheduler(opt, cfg, cfg.epochs * len(train))
     history: list[dict[str, float]] = []
@@ -94,7 +97,13 @@ def fit(
         net.train()
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(train, desc=f"{desc} {epoch}/{cfg.epochs}".strip(), disable=not progress, leave=False, unit="batch")
+        bar = tqdm(
+            train,
+            desc=f"{desc} {epoch}/{cfg.epochs}".strip(),
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
         for batch in bar:
             loss, stats = loss_fn(net, _to_device(batch, device))
             opt.zero_grad(set_to_none=True)

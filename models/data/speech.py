@@ -52,8 +52,12 @@ _COMMANDS: list[Callable[[random.Random], str]] = [
     lambda r: f"volume {r.choice(['up', 'down'])}",
     lambda r: f"set a timer for {r.choice(DIGITS[1:])} minutes",
     lambda r: f"call {r.choice(['mom', 'dad', 'home', 'the office'])}",
-    lambda r: r.choice(["stop", "start", "yes", "no", "next", "previous", "pause", "play music", "what's the time",
-                        "cancel", "don't stop", "it's cold", "lights off", "help"]),
+    lambda r: r.choice(
+        [
+            "stop", "start", "yes", "no", "next", "previous", "pause", "play music", "what's the time",
+            "cancel", "don't stop", "it's cold", "lights off", "help",
+        ]
+    ),
 ]
 
 
@@ -95,8 +99,10 @@ class Voice:
 
 ESPEAK_ACCENTS = ["en-us", "en", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
                   "en-gb-scotland"]
-ESPEAK_VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt3",
-                   "Andy", "Annie", "edward", "linda", "steph", "grandpa", "david", "croak", "shelby"]
+ESPEAK_VARIANTS = [
+    "", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt3", "Andy",
+    "Annie", "edward", "linda", "steph", "grandpa", "david", "croak", "shelby",
+]
 HELD_OUT_ACCENTS = {"en-gb-scotland"}
 """espeak-ng accents never trained on: every voice with one is evaluation-only."""
 HELD_OUT_VARIANTS = {"m4", "f2", "klatt3", "linda"}
@@ -139,7 +145,8 @@ def _command(req: Request, wav: Path) -> list[str]:
         return ["espeak-ng", "-v", name, "-s", str(req.speed), "-p", str(req.pitch), "-w", str(wav), req.text]
     # flite: 170 wpm is its natural pace; duration_stretch > 1 is slower
     stretch = f"{170 / req.speed:.3f}"
-    return ["flite", "-voice", req.voice.name, "--setf", f"duration_stretch={stretch}", "-t", req.text, "-o", str(wav)]
+    return ["flite", "-voice", req.voice.name, "--setf", f"duration_stretch={stretch}",
+            "-t", req.text, "-o", str(wav)]
 
 
 def synthesize(req: Request, *, cache_dir: Path = DEFAULT_CACHE) -> Audio:
@@ -267,7 +274,9 @@ def make_speech_data(
     flite_held = [Voice("flite", v) for v in FLITE_HELD_OUT]
     rng = random.Random(seed)
     n_flite_train = n_train // 8
-    train_reqs = _requests(rng, espeak_train, n_train - n_flite_train) + _requests(rng, flite_train, n_flite_train)
+    train_reqs = (
+        _requests(rng, espeak_train, n_train - n_flite_train) + _requests(rng, flite_train, n_flite_train)
+    )
     test_reqs = _requests(rng, espeak_held, n_test)
     flite_reqs = _requests(rng, flite_held, n_flite_test)
     clean = synthesize_many(train_reqs + test_reqs + flite_reqs, cache_dir=cache_dir, workers=workers,

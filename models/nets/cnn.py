@@ -34,7 +34,9 @@ class ResidualBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.bn1(self.conv1(x)).relu()
@@ -47,7 +49,9 @@ class Cnn(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.stem = nn.Sequential(
-            nn.Conv2d(cfg.in_channels, cfg.stem, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.stem), nn.ReLU()
+            nn.Conv2d(cfg.in_channels, cfg.stem, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cfg.stem),
+            nn.ReLU(),
         )
         layers: list[nn.Module] = []
         c_in = cfg.stem

@@ -45,7 +45,9 @@ def mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 def mel_filterbank(cfg: FeatureConfig) -> npt.NDArray[np.float32]:
     """HTK-style triangular filters, shape (n_fft // 2 + 1, n_mels)."""
     bins = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
-    edges = mel_to_hz(np.linspace(hz_to_mel(np.array(cfg.f_min)), hz_to_mel(np.array(cfg.f_max)), cfg.n_mels + 2))
+    edges = mel_to_hz(
+        np.linspace(hz_to_mel(np.array(cfg.f_min)), hz_to_mel(np.array(cfg.f_max)), cfg.n_mels + 2)
+    )
     lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (n_mels, 1) each
     rising = (bins[None, :] - lower) / (center - lower)
     falling = (upper - bins[None, :]) / (upper - center)
@@ -67,7 +69,9 @@ class LogMel(nn.Module):
         n_fft, n_bins = self.cfg.n_fft, self.cfg.n_fft // 2 + 1
         angle = 2 * np.pi * np.outer(np.arange(n_bins), np.arange(n_fft)) / n_fft  # (n_bins, n_fft)
         basis = np.concatenate([np.cos(angle), -np.sin(angle)]) * hann(n_fft)  # (2 n_bins, n_fft)
-        self.register_buffer("basis", torch.from_numpy(basis.astype(np.float32))[:, None, :], persistent=False)
+        self.register_buffer(
+            "basis", torch.from_numpy(basis.astype(np.float32))[:, None, :], persistent=False
+        )
         self.register_buffer("fbank", torch.from_numpy(mel_filterbank(self.cfg)), persistent=False)
 
     def forward(self, audio: Tensor) -> Tensor:

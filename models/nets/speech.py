@@ -125,7 +125,11 @@ def spec_augment(x: Tensor, *, freq_width: int = 8, time_width: int = 10, time_m
 
 
 def greedy_decode(
-    log_probs: npt.NDArray[np.float32], lengths: npt.NDArray[np.int64], vocabulary: list[str], *, blank: int = 0
+    log_probs: npt.NDArray[np.float32],
+    lengths: npt.NDArray[np.int64],
+    vocabulary: list[str],
+    *,
+    blank: int = 0,
 ) -> list[str]:
     """Best path per item of (B, T, V): argmax, collapse repeats, drop blanks."""
     texts = []

@@ -112,7 +112,7 @@ class TextClassifier(nn.Module):
         return self.ln_f(x)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """input_ids, attention_mask: int64 (B, T), mask 1 on tokens, 0 on padding -> logits (B, n_classes)."""
+        """input_ids, attention_mask: int64 (B, T), 1 on tokens, 0 on padding -> logits (B, n_classes)."""
         x = self.token_states(input_ids, attention_mask)
         weights = (attention_mask > 0).to(x.dtype).unsqueeze(-1)  # (B, T, 1)
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, T, C) -> (B, C)

@@ -16,7 +16,9 @@ from typing import Any
 
 from models.recipes.base import BuildOptions, FamilyResult, Recipe
 
-__all__ = ["FAMILY_MODULES", "RECIPES", "BuildOptions", "FamilyResult", "Recipe", "import_errors", "load_recipes"]
+__all__ = [
+    "FAMILY_MODULES", "RECIPES", "BuildOptions", "FamilyResult", "Recipe", "import_errors", "load_recipes",
+]
 
 logger = logging.getLogger(__name__)
 

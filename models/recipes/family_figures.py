@@ -30,7 +30,9 @@ from service.tasks.schema import GenerationRequest
 
 def _session(repo: Path, name: str) -> ort.InferenceSession:
     versions = sorted(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
-    return ort.InferenceSession(str(repo / name / str(versions[-1]) / "model.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(repo / name / str(versions[-1]) / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 def _image(data: str) -> Image.Image:
@@ -45,7 +47,8 @@ def anomaly_map(repo: Path, scale: int = 5) -> Image.Image:
     sets = ood_sets(normal=x[:8], seed=0)
     rows = {"digit": x[3], "letter": sets["letters"][1], "strokes": sets["strokes"][0],
             "noise": sets["noise"][1], "inverted digit": sets["inverted"][3], "blank page": sets["blank"][0]}
-    batch = np.stack([decode_image(to_png(v), task).tensor for v in rows.values()])  # dark-on-light PNGs, as sent
+    # dark-on-light PNGs, as sent
+    batch = np.stack([decode_image(to_png(v), task).tensor for v in rows.values()])
     rebuilt = session.run(None, {task.input: batch})[0]
     scores = anomaly.scores(batch, rebuilt, task.score)
     pictures = anomaly.pictures(batch, rebuilt, task)
@@ -61,7 +64,9 @@ def anomaly_map(repo: Path, scale: int = 5) -> Image.Image:
         draw.text((6, top + side // 2 - 14), f"{name}", fill="black")
         draw.text((6, top + side // 2 + 2), f"score {score:.4f} -> {verdict}", fill="black")
         for c, data in enumerate(images):
-            canvas.paste(_image(data).resize((side, side), Image.Resampling.NEAREST), (label_w + c * (side + gap), top))
+            canvas.paste(
+                _image(data).resize((side, side), Image.Resampling.NEAREST), (label_w + c * (side + gap), top)
+            )
     return canvas
 
 
@@ -69,11 +74,15 @@ def gan_grid(repo: Path, scale: int = 4) -> Image.Image:
     task = load_config(repo / "gan" / "config.yaml").task
     assert isinstance(task, ImageGenerationTask)
     session = _session(repo, "gan")
-    plan = generation.plan(task, GenerationRequest(labels=None, count=6, seed=42), model_name="gan", max_batch_size=None)
+    plan = generation.plan(
+        task, GenerationRequest(labels=None, count=6, seed=42), model_name="gan", max_batch_size=None
+    )
     assert plan.classes is not None
     output = session.run(None, {task.noise_input: plan.noise, "label": plan.classes})[0]
     images = generation.to_images(output, task, items=len(plan.noise), model_name="gan")
-    grid = Image.open(io.BytesIO(generation.grid_png(images, rows=plan.rows, columns=plan.columns, ground=128)))
+    grid = Image.open(
+        io.BytesIO(generation.grid_png(images, rows=plan.rows, columns=plan.columns, ground=128))
+    )
     return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
 
 

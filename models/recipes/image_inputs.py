@@ -29,7 +29,9 @@ from service.tasks.image import decode_image
 def heldout() -> tuple[np.ndarray, np.ndarray]:
     """The image families' held-out split: (450, 28, 28) light-on-dark digits in [0, 1] and labels."""
     x, y = real_digits()
-    _, test_x, _, test_y = train_test_split(x, y, test_size=HELDOUT_FRACTION, stratify=y, random_state=SPLIT_SEED)
+    _, test_x, _, test_y = train_test_split(
+        x, y, test_size=HELDOUT_FRACTION, stratify=y, random_state=SPLIT_SEED
+    )
     return test_x, test_y
 
 
@@ -41,8 +43,13 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _placed(digit: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """The digit scaled 2x (a 56 px crop, ink ~40 px) at a random position on a canvas (height, width)."""
-    big = np.asarray(Image.fromarray((digit * 255).astype(np.uint8)).resize((56, 56), Image.Resampling.BILINEAR),
-                     dtype=np.float32) / 255
+    big = (
+        np.asarray(
+            Image.fromarray((digit * 255).astype(np.uint8)).resize((56, 56), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255
+    )
     out = np.zeros(canvas, dtype=np.float32)
     top = int(rng.integers(0, canvas[0] - 56 + 1))
     left = int(rng.integers(0, canvas[1] - 56 + 1))
@@ -53,8 +60,13 @@ def _placed(digit: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator
 def renderings(x: np.ndarray, seed: int = 0) -> dict[str, list[bytes]]:
     """Five PNG renderings of each held-out digit (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    sets: dict[str, list[bytes]] = {k: [] for k in (
-        "dark on light", "light on dark", "off-centre, dark on light", "off-centre, light on dark", "non-square crop")}
+    sets: dict[str, list[bytes]] = {
+        k: []
+        for k in (
+            "dark on light", "light on dark", "off-centre, dark on light", "off-centre, light on dark",
+            "non-square crop",
+        )
+    }
     for digit in x:
         sets["dark on light"].append(_png(1 - digit))
         sets["light on dark"].append(_png(digit))
@@ -66,7 +78,9 @@ def renderings(x: np.ndarray, seed: int = 0) -> dict[str, list[bytes]]:
     return sets
 
 
-def accuracy(session: ort.InferenceSession, task: ImageClassificationTask, pngs: list[bytes], y: np.ndarray) -> float:
+def accuracy(
+    session: ort.InferenceSession, task: ImageClassificationTask, pngs: list[bytes], y: np.ndarray
+) -> float:
     batch = np.stack([decode_image(p, task).tensor for p in pngs]).astype(np.float32)
     logits = session.run(None, {task.input: batch})[0]
     return float((logits.argmax(1) == y).mean())

@@ -141,7 +141,12 @@ class ImageRecipe:
                 provenance=provenance,
             )
         return FamilyResult(
-            name=self.name, metrics=metrics, parity=parity, path=path, seconds=time.perf_counter() - start, net=net
+            name=self.name,
+            metrics=metrics,
+            parity=parity,
+            path=path,
+            seconds=time.perf_counter() - start,
+            net=net,
         )
 
     def _data(self, opts: BuildOptions) -> ImageData:
@@ -152,7 +157,14 @@ class ImageRecipe:
         return digits(seed=opts.seed, fonts_per_class=self.fonts_per_class)
 
     def _fit(
-        self, net: nn.Module, data: ImageData, *, cfg: TrainConfig, mean: float, std: float, opts: BuildOptions,
+        self,
+        net: nn.Module,
+        data: ImageData,
+        *,
+        cfg: TrainConfig,
+        mean: float,
+        std: float,
+        opts: BuildOptions,
         augment: Augment,
     ) -> list[dict[str, float]]:
         smoothing = self.label_smoothing
@@ -247,7 +259,9 @@ CNN = ImageRecipe(
 )
 MLP = ImageRecipe(
     name="mlp",
-    description="Feedforward 784-128-10 ReLU network on 28x28 grayscale digits (light on dark); logits over 0-9.",
+    description=(
+        "Feedforward 784-128-10 ReLU network on 28x28 grayscale digits (light on dark); logits over 0-9."
+    ),
     make_net=_mlp,
     train=TrainConfig(epochs=30, batch_size=64, lr=2e-3, weight_decay=1e-4, schedule="onecycle"),
     quick_train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, weight_decay=1e-4, schedule="onecycle"),

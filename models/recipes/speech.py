@@ -139,7 +139,9 @@ def transcribe(net: nn.Module, audio: Sequence[np.ndarray], *, batch_size: int =
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             log_probs, frames = net(*pad_audio([audio[i] for i in chunk]))
-            for i, text in zip(chunk, greedy_decode(log_probs.numpy(), frames.numpy(), VOCABULARY), strict=True):
+            for i, text in zip(
+                chunk, greedy_decode(log_probs.numpy(), frames.numpy(), VOCABULARY), strict=True
+            ):
                 texts[i] = text
     return texts
 
@@ -178,7 +180,9 @@ def padding_drift(onnx_path: Path, audio: Tensor, lengths: Tensor) -> float:
     batch_lp, batch_fl = session.run(None, {"audio": audio.numpy(), "audio_lengths": lengths.numpy()})
     worst = 0.0
     for i, n in enumerate(lengths.tolist()):
-        one_lp, one_fl = session.run(None, {"audio": audio[i : i + 1, :n].numpy(), "audio_lengths": lengths[i : i + 1].numpy()})
+        one_lp, one_fl = session.run(
+            None, {"audio": audio[i : i + 1, :n].numpy(), "audio_lengths": lengths[i : i + 1].numpy()}
+        )
         if one_fl[0] != batch_fl[i]:
             raise ParityError(f"item {i}: {one_fl[0]} frames alone, {batch_fl[i]} in a padded batch")
         worst = max(worst, float(np.abs(one_lp[0] - batch_lp[i, : one_fl[0]]).max()))
@@ -224,7 +228,9 @@ def load_data(opts: BuildOptions, sizes: Sizes) -> SpeechData:
 
 class SpeechRecipe:
     name = "speech"
-    description = "CTC speech recogniser (log-mel in the graph, BiGRU) on synthesised spoken commands and digits"
+    description = (
+        "CTC speech recogniser (log-mel in the graph, BiGRU) on synthesised spoken commands and digits"
+    )
 
     def build(self, opts: BuildOptions) -> FamilyResult:
         started = time.monotonic()
@@ -234,15 +240,20 @@ class SpeechRecipe:
         synth_s = time.monotonic() - started
 
         net = SpeechNet(NET)
-        loader = DataLoader(Utterances(data.train), collate_fn=collate,
-                            batch_sampler=LengthBuckets([len(a) for a in data.train.audio], sizes.batch_size, opts.seed))
+        loader = DataLoader(
+            Utterances(data.train),
+            collate_fn=collate,
+            batch_sampler=LengthBuckets([len(a) for a in data.train.audio], sizes.batch_size, opts.seed),
+        )
         probe = data.test.audio[:64]
 
         def evaluate(net: nn.Module) -> dict[str, float]:
             wer, cer = error_rates(data.test.transcripts[:64], transcribe(net, probe))
             return {"wer": wer, "cer": cer}
 
-        cfg = TrainConfig(epochs=opts.epochs or sizes.epochs, batch_size=sizes.batch_size, lr=LR, weight_decay=1e-2)
+        cfg = TrainConfig(
+            epochs=opts.epochs or sizes.epochs, batch_size=sizes.batch_size, lr=LR, weight_decay=1e-2
+        )
         train_started = time.monotonic()
         history = fit(net, loader, cfg=cfg, loss_fn=ctc_loss, evaluate=evaluate, desc="speech",
                       progress=opts.progress, device=opts.device)
@@ -252,7 +263,9 @@ class SpeechRecipe:
         wer, cer = error_rates(data.test.transcripts, transcribe(net, data.test.audio))
         metrics = {"wer": wer, "cer": cer}
         if len(data.test_flite):
-            metrics["wer_flite"] = error_rates(data.test_flite.transcripts, transcribe(net, data.test_flite.audio))[0]
+            metrics["wer_flite"] = error_rates(
+                data.test_flite.transcripts, transcribe(net, data.test_flite.audio)
+            )[0]
         logger.info("speech: %s", "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
         with tempfile.TemporaryDirectory(prefix="deepserve-speech-") as tmp:
@@ -266,17 +279,32 @@ class SpeechRecipe:
             parity["padded_vs_single"] = drift
             provenance = {
                 "family": self.name,
-                "data": {"source": str(opts.data) if opts.data else "espeak-ng + flite (synthesised)",
-                         "train_voices": data.train_voices, "held_out_voices": data.test_voices,
-                         "flite_held_out_voices": data.flite_voices,
-                         "train_utterances": len(data.train), "train_hours": round(data.train.seconds() / 3600, 3),
-                         "test_utterances": len(data.test), "flite_test_utterances": len(data.test_flite)},
-                "net": {"channels": NET.channels, "hidden": NET.hidden, "layers": NET.layers, "stride": NET.stride,
-                        "n_mels": NET.features.n_mels, "parameters": sum(p.numel() for p in net.parameters())},
-                "train": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": opts.seed,
-                          "quick": opts.quick, "last_epoch": history[-1] if history else {}},
-                "metrics": metrics, "parity": parity,
-                "synthesis_seconds": round(synth_s, 1), "training_seconds": round(train_s, 1),
+                "data": {
+                    "source": str(opts.data) if opts.data else "espeak-ng + flite (synthesised)",
+                    "train_voices": data.train_voices,
+                    "held_out_voices": data.test_voices,
+                    "flite_held_out_voices": data.flite_voices,
+                    "train_utterances": len(data.train),
+                    "train_hours": round(data.train.seconds() / 3600, 3),
+                    "test_utterances": len(data.test),
+                    "flite_test_utterances": len(data.test_flite),
+                },
+                "net": {
+                    "channels": NET.channels,
+                    "hidden": NET.hidden,
+                    "layers": NET.layers,
+                    "stride": NET.stride,
+                    "n_mels": NET.features.n_mels,
+                    "parameters": sum(p.numel() for p in net.parameters()),
+                },
+                "train": {
+                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": opts.seed,
+                    "quick": opts.quick, "last_epoch": history[-1] if history else {},
+                },
+                "metrics": metrics,
+                "parity": parity,
+                "synthesis_seconds": round(synth_s, 1),
+                "training_seconds": round(train_s, 1),
             }
             path = publish(repo=opts.out, name=self.name, version=opts.version, onnx_file=onnx_path,
                            config=model_config(net), provenance=provenance)

@@ -154,7 +154,10 @@ def score(logits: Tensor, labels: Sequence[int]) -> dict[str, float]:
 
 def pretrain(net: TextClassifier, ids: Sequence[Sequence[int]], cfg: TrainConfig, *, fraction: float,
              opts: BuildOptions) -> list[dict[str, float]]:
-    """Masked-token training of `net`'s encoder in place: `fraction` of the tokens (not [CLS]) become [UNK]."""
+    """Masked-token training of `net`'s encoder in place.
+
+    `fraction` of the tokens (not [CLS]) become [UNK].
+    """
     batches = TokenBatches(ids, [0] * len(ids), batch_size=cfg.batch_size, seed=opts.seed + 1)
 
     def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -253,7 +256,9 @@ def padding_drift(onnx_path: Path, input_ids: Tensor, mask: Tensor, *, pad_to: i
     return worst
 
 
-def export_and_verify(net: TextClassifier, onnx_path: Path, test_ids: Sequence[Sequence[int]]) -> dict[str, float]:
+def export_and_verify(
+    net: TextClassifier, onnx_path: Path, test_ids: Sequence[Sequence[int]]
+) -> dict[str, float]:
     """Export to `onnx_path`, then check parity per case and padding invariance; raises ParityError."""
     cases = parity_cases(test_ids)
     export_onnx(net, cases["batch8_short"], onnx_path, input_names=INPUTS, output_names=[OUTPUT],
@@ -337,7 +342,8 @@ class TextRecipe:
         seed_everything(opts.seed)
         data = load(seed=opts.seed, data=opts.data, limit=sizes.limit)
         tok = train_tokenizer(data.train.texts, vocab_size=sizes.vocab_size)
-        tok.enable_truncation(sizes.net.max_length)  # the server sets this too; for anyone using the file alone
+        # the server sets this too; for anyone using the file alone
+        tok.enable_truncation(sizes.net.max_length)
 
         started = time.monotonic()
         base = baseline(data)
@@ -354,7 +360,9 @@ class TextRecipe:
                           seconds={"baseline": round(baseline_s, 1), "train": round(train_s, 1)})
         logger.info("text: %s", "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if not trained.beats_baseline:
-            logger.warning("text: the transformer does not match the TF-IDF baseline on accuracy and macro F1")
+            logger.warning(
+                "text: the transformer does not match the TF-IDF baseline on accuracy and macro F1"
+            )
         return trained
 
     def publish_trained(self, trained: Trained, opts: BuildOptions) -> FamilyResult:
@@ -370,16 +378,28 @@ class TextRecipe:
                 "data": _data_facts(data),
                 "seed": opts.seed,
                 "quick": opts.quick,
-                "tokenizer": {"type": "WordPiece", "vocab_size": tok.get_vocab_size(), "trained_on": "train split",
-                              "lowercase": True, "max_length": max_length},
+                "tokenizer": {
+                    "type": "WordPiece", "vocab_size": tok.get_vocab_size(), "trained_on": "train split",
+                    "lowercase": True, "max_length": max_length,
+                },
                 "net": {**asdict(net.cfg), "parameters": sum(p.numel() for p in net.parameters())},
-                "pretrain": _train_facts(sizes.pretrain, trained.pretrain_history, mask_fraction=sizes.mask_fraction)
-                if sizes.pretrain else None,
-                "train": {**_train_facts(sizes.train, trained.history, label_smoothing=sizes.label_smoothing,
-                                         token_dropout=sizes.token_dropout),
-                          "kept_epoch": _best_epoch(trained.history)},
-                "baseline": {"model": "TF-IDF word 1-2 grams (min_df 2, sublinear tf) + logistic regression C=2",
-                             "trained_on": "train split"},
+                "pretrain": (
+                    _train_facts(sizes.pretrain, trained.pretrain_history, mask_fraction=sizes.mask_fraction)
+                    if sizes.pretrain else None
+                ),
+                "train": {
+                    **_train_facts(
+                        sizes.train,
+                        trained.history,
+                        label_smoothing=sizes.label_smoothing,
+                        token_dropout=sizes.token_dropout,
+                    ),
+                    "kept_epoch": _best_epoch(trained.history),
+                },
+                "baseline": {
+                    "model": "TF-IDF word 1-2 grams (min_df 2, sublinear tf) + logistic regression C=2",
+                    "trained_on": "train split",
+                },
                 "metrics": trained.metrics,
                 "beats_baseline": trained.beats_baseline,
                 "parity_max_abs_diff": parity,
