@@ -41,7 +41,9 @@ async def serve_app(repository: Path, **overrides: Any) -> AsyncIterator[httpx.A
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One quick build of every default family (seed 0) into a fresh repository: (repository, FamilyResult by name).
+    """One quick build of every default family (seed 0) into a fresh repository.
+
+    Returns (repository, FamilyResult by name).
 
     Shared by tests/test_demo_e2e.py and tests/test_browser.py so the session pays for it once (about 30 s
     on 2 idle cores with espeak-ng's output cached). A family whose programs are missing is left out.

@@ -91,7 +91,8 @@ def classifier_model(n_in: int = 4, n_classes: int = 3, seed: int = 0) -> onnx.M
 def classifier_weights(n_in: int = 4, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The weights `classifier_model` uses, for computing expected answers in numpy."""
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n_in, n_classes)).astype(np.float32), rng.normal(size=(n_classes,)).astype(np.float32)
+    weights = rng.normal(size=(n_in, n_classes)).astype(np.float32)
+    return weights, rng.normal(size=(n_classes,)).astype(np.float32)
 
 
 def ragged_sum_model() -> onnx.ModelProto:
@@ -119,8 +120,15 @@ def slow_model(width: int = 512, depth: int = 24) -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits, name="slow")
 
 
-def write_model(repo: Path, name: str, model: onnx.ModelProto | bytes, *, version: int = 1,
-                config: Mapping[str, Any] | None = None, side_files: Mapping[str, str | bytes] | None = None) -> Path:
+def write_model(
+    repo: Path,
+    name: str,
+    model: onnx.ModelProto | bytes,
+    *,
+    version: int = 1,
+    config: Mapping[str, Any] | None = None,
+    side_files: Mapping[str, str | bytes] | None = None,
+) -> Path:
     """Write `repo/<name>/<version>/model.onnx` (+ side files) and `repo/<name>/config.yaml`.
 
     `model` may be raw bytes, to write a corrupt file on purpose. Returns the version folder.

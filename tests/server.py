@@ -60,8 +60,14 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
 
 
 @contextmanager
-def run_server(repository: Path, *, log_dir: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-               command: Sequence[str] | None = None) -> Iterator[Server]:
+def run_server(
+    repository: Path,
+    *,
+    log_dir: Path,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+) -> Iterator[Server]:
     """Run `python -m service serve` (or `command`) on a free port until the block ends."""
     port = free_port()
     full_env = {**os.environ, "DEEPSERVE_MODEL_REPOSITORY": str(repository), "DEEPSERVE_PORT": str(port),

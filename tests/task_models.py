@@ -24,7 +24,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 OPSET = 17
 FRAME = 160  # samples per CTC frame at 16 kHz = 10 ms
-WORDS = ["[PAD]", "[UNK]", "hello", "world", "good", "bad", "day", "night", "what", "a", "lovely", "is", "awful"]
+WORDS = [
+    "[PAD]", "[UNK]", "hello", "world", "good", "bad", "day", "night", "what", "a", "lovely", "is", "awful",
+]
 VOCABULARY = ["_", "|", "a", "b", "c", "d", "e"]  # CTC: blank, word delimiter, letters
 
 
@@ -32,8 +34,10 @@ def _const(name: str, value: Any, dtype: Any) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
-def _finish(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-            inits: list[onnx.TensorProto], name: str) -> onnx.ModelProto:
+def _finish(
+    nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto], name: str,
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
@@ -41,10 +45,15 @@ def _finish(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outp
     return model
 
 
-def _nearest_logits(level: str, count: int, out: str, scale: float = 200.0) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _nearest_logits(
+    level: str, count: int, out: str, scale: float = 200.0
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """logits[..., k] = -scale * (level * (count - 1) - k)^2: `level` [..., 1] -> `out` [..., count]."""
-    inits = [_const(f"{out}_n", float(count - 1), np.float32), _const(f"{out}_k", np.arange(count), np.float32),
-             _const(f"{out}_s", -scale, np.float32)]
+    inits = [
+        _const(f"{out}_n", float(count - 1), np.float32),
+        _const(f"{out}_k", np.arange(count), np.float32),
+        _const(f"{out}_s", -scale, np.float32),
+    ]
     nodes = [
         helper.make_node("Mul", [level, f"{out}_n"], [f"{out}_x"]),
         helper.make_node("Sub", [f"{out}_x", f"{out}_k"], [f"{out}_d"]),
@@ -57,7 +66,9 @@ def _nearest_logits(level: str, count: int, out: str, scale: float = 200.0) -> t
 def brightness_classifier(channels: int = 1, size: int = 28) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", channels, size, size])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
-    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0)]  # (B,C,H,W) -> (B,)
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),  # (B,C,H,W) -> (B,)
+    ]
     nodes.append(helper.make_node("Unsqueeze", ["mean", "axis1"], ["level"]))  # (B,) -> (B, 1)
     more, inits = _nearest_logits("level", 10, "logits")
     return _finish(nodes + more, [x], [y], [_const("axis1", [1], np.int64), *inits], "brightness")
@@ -68,7 +79,9 @@ def slow_brightness_classifier(size: int = 28) -> onnx.ModelProto:
     graph = model.graph
     graph.output[0].name = "fast_logits"
     graph.node[-1].output[0] = "fast_logits"
-    graph.initializer.extend([_const("tiny", 1e-6, np.float32), _const("zero", 0.0, np.float32), _const("axis0", [0], np.int64)])
+    graph.initializer.extend(
+        [_const("tiny", 1e-6, np.float32), _const("zero", 0.0, np.float32), _const("axis0", [0], np.int64)]
+    )
     graph.node.extend([
         helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),  # (B, C, H, W) -> ()
         helper.make_node("Cast", ["peak"], ["n"], to=TensorProto.INT64),
@@ -109,10 +122,14 @@ def lookup_embedder(dim: int = 4) -> onnx.ModelProto:
     ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"])
     mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "length"])
     y = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "length", dim])
-    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"], axis=0)]  # (B,L) -> (B,L,D)
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"], axis=0),  # (B,L) -> (B,L,D)
+    ]
     # the mask is an input the model ignores, as a real encoder's padded positions are ignored by pooling
     nodes.append(helper.make_node("Identity", ["attention_mask"], ["unused"]))
-    return _finish(nodes, [ids, mask], [y], [numpy_helper.from_array(embedding_table(dim), "table")], "embedder")
+    return _finish(
+        nodes, [ids, mask], [y], [numpy_helper.from_array(embedding_table(dim), "table")], "embedder"
+    )
 
 
 def level_ctc(vocabulary: int = len(VOCABULARY)) -> onnx.ModelProto:
@@ -134,8 +151,12 @@ def level_ctc(vocabulary: int = len(VOCABULARY)) -> onnx.ModelProto:
     more, inits = _nearest_logits("level", vocabulary, "scores")
     nodes += [*more, helper.make_node("LogSoftmax", ["scores"], ["log_probs"], axis=-1)]
     consts = [
-        _const("one", 1, np.int64), _const("frame", FRAME, np.int64), _const("zero1", [0], np.int64),
-        _const("start", [0], np.int64), _const("one1", [1], np.int64), _const("frames_shape", [0, -1, FRAME], np.int64),
+        _const("one", 1, np.int64),
+        _const("frame", FRAME, np.int64),
+        _const("zero1", [0], np.int64),
+        _const("start", [0], np.int64),
+        _const("one1", [1], np.int64),
+        _const("frames_shape", [0, -1, FRAME], np.int64),
     ]
     return _finish(nodes, [audio, lengths], [log_probs, frames], consts + inits, "level_ctc")
 
@@ -170,11 +191,18 @@ def write_image_model(repo: Path, name: str = "digits", *, task: dict[str, Any] 
     return write_model(repo, name, model, config={"task": section, **config})
 
 
-def write_text_model(repo: Path, name: str = "sentiment", *, task: dict[str, Any] | None = None, **config: Any) -> Path:
+def write_text_model(
+    repo: Path, name: str = "sentiment", *, task: dict[str, Any] | None = None, **config: Any
+) -> Path:
     section = {"type": "text-classification", "labels": ["zero", "one", "two"], **(task or {})}
     inputs = [_ragged("input_ids", "INT64", [-1, -1]), _ragged("attention_mask", "INT64", [-1, -1])]
-    return write_model(repo, name, token_sum_classifier(), config={"task": section, "inputs": inputs, **config},
-                       side_files={"tokenizer.json": word_tokenizer().to_str()})
+    return write_model(
+        repo,
+        name,
+        token_sum_classifier(),
+        config={"task": section, "inputs": inputs, **config},
+        side_files={"tokenizer.json": word_tokenizer().to_str()},
+    )
 
 
 def write_embedding_model(repo: Path, name: str = "embedder", *, task: dict[str, Any] | None = None) -> Path:
@@ -183,9 +211,14 @@ def write_embedding_model(repo: Path, name: str = "embedder", *, task: dict[str,
                        "inputs": inputs}, side_files={"tokenizer.json": word_tokenizer().to_str()})
 
 
-def write_speech_model(repo: Path, name: str = "speech", *, task: dict[str, Any] | None = None, **config: Any) -> Path:
+def write_speech_model(
+    repo: Path, name: str = "speech", *, task: dict[str, Any] | None = None, **config: Any
+) -> Path:
     section = {"type": "speech-recognition", "vocabulary": VOCABULARY, **(task or {})}
-    inputs = [_ragged("audio", "FP32", [-1, -1]), {"name": "audio_lengths", "datatype": "INT64", "shape": [-1]}]
+    inputs = [
+        _ragged("audio", "FP32", [-1, -1]),
+        {"name": "audio_lengths", "datatype": "INT64", "shape": [-1]},
+    ]
     return write_model(repo, name, level_ctc(), config={"task": section, "inputs": inputs, **config})
 
 

@@ -99,8 +99,9 @@ async def test_load_failures(models: Path, app_client: AppClient) -> None:
 
 async def test_unload_then_load_again(models: Path, app_client: AppClient) -> None:
     async with app_client(**CPU) as client:
+        # the body as tritonclient sends it
         response = await client.post("/v2/repository/models/clf/unload",
-                                     json={"parameters": {"unload_dependents": False}})  # as tritonclient sends
+                                     json={"parameters": {"unload_dependents": False}})
         assert (response.status_code, response.content) == (200, b"")
         ready = await client.get("/v2/models/clf/ready")
         assert "UNAVAILABLE" in error_of(ready, 503, "model_not_ready")  # known but unready: never 404

@@ -57,7 +57,9 @@ def files() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_browser_and_phone_recordings_decode_to_the_tone_they_hold(files: dict[str, bytes], case: str) -> None:
+def test_browser_and_phone_recordings_decode_to_the_tone_they_hold(
+    files: dict[str, bytes], case: str
+) -> None:
     decoded = decode_audio(files[case], sample_rate=RATE, max_duration_s=5)
     assert decoded.samples.dtype == np.float32 and decoded.samples.ndim == 1
     assert decoded.duration_s == pytest.approx(1.0, abs=0.06)  # AAC and LAME add priming/padding frames
@@ -113,7 +115,9 @@ async def test_predict_takes_every_container_and_refuses_a_cut_one(
             prediction = answer.json()["predictions"][0]
             assert prediction["duration_s"] == pytest.approx(1.0, abs=0.06)
             assert f"resampled from {rate} Hz" in prediction["notes"][0]
-            raw = await client.post("/v1/models/speech/predict", content=files[case], headers={"content-type": media})
+            raw = await client.post(
+                "/v1/models/speech/predict", content=files[case], headers={"content-type": media}
+            )
             assert raw.status_code == 200, (case, raw.text)
             cut = await client.post("/v1/models/speech/predict", content=files[case][: len(files[case]) // 2],
                                     headers={"content-type": media})

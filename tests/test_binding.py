@@ -44,9 +44,12 @@ def test_io_binding_auto_is_off_on_cpu(tmp_path: Path) -> None:
 
 
 def test_fixed_buckets_pad_to_the_next_size_and_return_only_the_real_rows(tmp_path: Path) -> None:
-    session = load(tmp_path, batch_size_model(), cuda_graph=True, max_batch_size=8, preferred_batch_sizes=[4, 8])
+    session = load(
+        tmp_path, batch_size_model(), cuda_graph=True, max_batch_size=8, preferred_batch_sizes=[4, 8]
+    )
     assert session.binding == "fixed [4, 8]"  # no graph without CUDA
-    for items, computed_as in ((1, 4), (3, 4), (4, 4), (6, 8), (8, 8), (11, 11)):  # 11: larger than every bucket
+    # 11: larger than every bucket
+    for items, computed_as in ((1, 4), (3, 4), (4, 4), (6, 8), (8, 8), (11, 11)):
         x = np.arange(items * 4, dtype=np.float32).reshape(items, 4)
         out = session.run({"x": x})
         assert out["y"].shape == (items, 4) and np.array_equal(out["y"], 2 * x)
@@ -93,7 +96,7 @@ def test_staging_without_pinned_memory_binds_inputs_where_they_lie() -> None:
 
 
 class FakeDevice:
-    """A device of `total` bytes where a batch of n takes `fixed + n * per_item` and the arena keeps its peak."""
+    """A device of `total` bytes; a batch of n takes `fixed + n * per_item`; the arena keeps its peak."""
 
     def __init__(self, total: int, fixed: int, per_item: int) -> None:
         self.total, self.fixed, self.per_item, self.peak = total, fixed, per_item, 0
@@ -102,7 +105,9 @@ class FakeDevice:
     def run_at(self, n: int) -> None:
         need = self.fixed + n * self.per_item
         if need > self.total:
-            raise RuntimeError(f"[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for {need}")
+            raise RuntimeError(
+                f"[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for {need}"
+            )
         self.peak = max(self.peak, need)
         self.ran.append(n)
 
@@ -147,8 +152,10 @@ async def test_binary_answers_are_identical_with_io_binding_and_fixed_buckets(re
                         ("graph", {"cuda_graph": True, "preferred_batch_sizes": [2, 8]})):
         write_model(repo, name, classifier_model(), config={"max_batch_size": 8, **extra})
     x = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
-    header = (b'{"inputs":[{"name":"x","shape":[3,4],"datatype":"FP32","parameters":{"binary_data_size":48}}],'
-              b'"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}')
+    header = (
+        b'{"inputs":[{"name":"x","shape":[3,4],"datatype":"FP32","parameters":{"binary_data_size":48}}],'
+        b'"outputs":[{"name":"logits","parameters":{"binary_data":true}}]}'
+    )
     bodies = {}
     async with app_client(providers=[CPU]) as client:
         for name in ("plain", "bound", "graph"):

@@ -50,7 +50,8 @@ pytestmark = [
 PHRASE = "set a timer for five minutes"
 """Spoken into the fake microphone: words from the speech demo model's vocabulary (commands, digits)."""
 POSITIVE = "I love this, it is wonderful"
-"""A clearly positive sentence that the quick text model (about 0.53 held-out accuracy) also ranks positive."""
+"""A clearly positive sentence that the quick text model (about 0.53 held-out accuracy) also ranks
+positive."""
 WAIT_S = 60
 
 
@@ -96,11 +97,17 @@ class Browser:
 
     def open(self, url: str) -> None:
         self.driver.get(url)
-        self.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#models .card") or d.find_elements(By.CSS_SELECTOR, ".server.error"))
+        self.wait(
+            lambda d: (
+                d.find_elements(By.CSS_SELECTOR, "#models .card")
+                or d.find_elements(By.CSS_SELECTOR, ".server.error")
+            )
+        )
 
     def on_page(self, server: Server) -> None:
         """Open the page unless the browser is on it (each test also runs alone: pytest -k)."""
-        if self.driver.current_url.rstrip("/") != server.url or not self.driver.find_elements(By.ID, "models"):
+        on_page = self.driver.current_url.rstrip("/") == server.url
+        if not on_page or not self.driver.find_elements(By.ID, "models"):
             self.open(server.url + "/")
 
     def wait(self, condition: Any, timeout: float = WAIT_S) -> Any:
@@ -110,13 +117,22 @@ class Browser:
         return self.driver.find_element(By.ID, f"model-{model}")
 
     def button(self, model: str, text: str) -> WebElement:
-        return self.driver.find_element(By.XPATH, f"//*[@id='model-{model}']//button[normalize-space()='{text}']")
+        return self.driver.find_element(
+            By.XPATH, f"//*[@id='model-{model}']//button[normalize-space()='{text}']"
+        )
 
     def settled(self, model: str) -> str:
         """Wait until the card shows a result or an error; returns 'done' or 'error'."""
         card = self.card(model)
-        return str(self.wait(lambda _: card.get_attribute("data-state") in ("done", "error")
-                             and card.get_attribute("aria-busy") is None and card.get_attribute("data-state")))
+        return str(
+            self.wait(
+                lambda _: (
+                    card.get_attribute("data-state") in ("done", "error")
+                    and card.get_attribute("aria-busy") is None
+                    and card.get_attribute("data-state")
+                )
+            )
+        )
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +172,9 @@ def screenshot(browser: Browser, model: str, shots: Path) -> Path:
     return path
 
 
-def test_page_lists_every_model_with_task_provider_and_held_out_metrics(browser: Browser, server: Server) -> None:
+def test_page_lists_every_model_with_task_provider_and_held_out_metrics(
+    browser: Browser, server: Server
+) -> None:
     browser.open(server.url + "/")
     listed = httpx.get(server.url + "/v1/models").json()["models"]
     cards = browser.driver.find_elements(By.CSS_SELECTOR, "#models .card")
@@ -214,7 +232,9 @@ def test_a_positive_sentence_shows_positive_first(browser: Browser, server: Serv
     if explain:  # each word coloured by its score
         explain[0].click()
         assert browser.settled("text") == "done"
-        words = [e.text for e in browser.card("text").find_elements(By.CSS_SELECTOR, ".explanation .words span")]
+        words = [
+            e.text for e in browser.card("text").find_elements(By.CSS_SELECTOR, ".explanation .words span")
+        ]
         assert {w.strip(",") for w in POSITIVE.split()} <= {w.strip(",") for w in words}
     screenshot(browser, "text", shots)
 
@@ -223,7 +243,9 @@ def test_microphone_recording_is_transcribed_as_the_file_itself(
     browser: Browser, server: Server, recording: Path, shots: Path
 ) -> None:
     browser.on_page(server)
-    direct = httpx.post(server.url + "/v1/models/speech/predict", files={"file": recording.read_bytes()}).json()
+    direct = httpx.post(
+        server.url + "/v1/models/speech/predict", files={"file": recording.read_bytes()}
+    ).json()
     spoken_s = direct["predictions"][0]["duration_s"]
     record = browser.button("speech", "Record")
     record.click()
@@ -257,7 +279,9 @@ def test_a_corrupt_upload_shows_the_servers_error(browser: Browser, server: Serv
     assert browser.card("mlp").find_element(By.CSS_SELECTOR, ".result").text == ""
 
 
-def test_every_other_card_answers_its_own_input(browser: Browser, server: Server, recording: Path, shots: Path) -> None:
+def test_every_other_card_answers_its_own_input(
+    browser: Browser, server: Server, recording: Path, shots: Path
+) -> None:
     """The cards not tried above (mlp, and whatever task types the build has) each get an input and answer."""
     browser.on_page(server)
     tried = {"cnn", "text", "speech"}
@@ -283,8 +307,10 @@ def test_every_other_card_answers_its_own_input(browser: Browser, server: Server
 
 def test_controls_are_labelled_and_the_page_fits_a_phone(browser: Browser, server: Server) -> None:
     unnamed = browser.driver.execute_script("""
-        return [...document.querySelectorAll('#models button, #models input, #models textarea, #models canvas')]
-          .filter((e) => !(e.textContent.trim() || e.getAttribute('aria-label') || (e.labels && e.labels.length)))
+        const controls = '#models button, #models input, #models textarea, #models canvas';
+        return [...document.querySelectorAll(controls)]
+          .filter((e) => !(e.textContent.trim() || e.getAttribute('aria-label')
+                           || (e.labels && e.labels.length)))
           .map((e) => e.outerHTML.slice(0, 80));""")
     assert unnamed == []
     browser.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
@@ -300,7 +326,9 @@ def test_controls_are_labelled_and_the_page_fits_a_phone(browser: Browser, serve
         browser.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def test_docs_render_offline_and_try_it_out_uploads_a_png(browser: Browser, server: Server, tmp_path: Path) -> None:
+def test_docs_render_offline_and_try_it_out_uploads_a_png(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
     schema = httpx.get(server.url + "/openapi.json").json()
     operations = sum(len(methods) for methods in schema["paths"].values())
     browser.driver.get(server.url + "/docs")
@@ -325,7 +353,8 @@ def test_docs_render_offline_and_try_it_out_uploads_a_png(browser: Browser, serv
         By.CSS_SELECTOR, ".live-responses-table .response-col_description pre") if e.text.strip()])
     answer = json.loads(body[0])
     assert answer["model"] == "cnn" and answer["predictions"][0]["labels"]
-    assert op.find_element(By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_status").text.strip() == "200"
+    status = op.find_element(By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_status")
+    assert status.text.strip() == "200"
 
 
 def test_the_browser_asked_no_other_host(browser: Browser, server: Server) -> None:

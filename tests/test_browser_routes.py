@@ -20,13 +20,17 @@ async def test_the_page_and_its_files_are_served_from_the_package(app_client: Ap
         for name, kind in [("app.js", "javascript"), ("style.css", "text/css")]:
             asset = await client.get(f"/ui/static/{name}")
             assert asset.status_code == 200 and kind in asset.headers["content-type"]
-            assert "https://" not in asset.text and "http://" not in asset.text  # nothing fetched from elsewhere
+            # nothing fetched from elsewhere
+            assert "https://" not in asset.text and "http://" not in asset.text
         assert (await client.get("/ui/static/missing.js")).status_code == 404
 
 
 async def test_docs_and_redoc_load_their_scripts_from_this_server(app_client: AppClient) -> None:
     async with app_client() as client:
-        for path, scripts in [("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]), ("/redoc", ["redoc.standalone.js"])]:
+        for path, scripts in [
+            ("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]),
+            ("/redoc", ["redoc.standalone.js"]),
+        ]:
             page = await client.get(path)
             assert page.status_code == 200
             assert not CDN.search(page.text), f"{path} loads something from another host"

@@ -49,7 +49,10 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     [
         ("max_batch_sise: 8\n", ["max_batch_sise", "Extra inputs are not permitted"]),
         ("max_batch_size: -1\n", ["max_batch_size", "greater than or equal to 0"]),
-        ("max_batch_size: 4\npreferred_batch_sizes: [8]\n", ["preferred_batch_sizes", "exceed max_batch_size 4"]),
+        (
+            "max_batch_size: 4\npreferred_batch_sizes: [8]\n",
+            ["preferred_batch_sizes", "exceed max_batch_size 4"],
+        ),
         ("task: {type: video-captioning}\n", ["task", "video-captioning"]),
         ("- a list\n", ["expected a mapping"]),
         ("inputs: [{name: x, datatype: FLOAT, shape: [1]}]\n", ["inputs.0.datatype"]),

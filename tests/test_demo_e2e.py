@@ -149,8 +149,11 @@ async def image_case(client: httpx.AsyncClient, result: FamilyResult, config: Mo
 async def text_case(client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path) -> None:
     task = config.task
     assert isinstance(task, TextClassificationTask)
-    texts = ["I love this phone, the battery lasts all day!", "worst service ever, never flying with them again",
-             "the meeting is at 3pm in room 204"]
+    texts = [
+        "I love this phone, the battery lasts all day!",
+        "worst service ever, never flying with them again",
+        "the meeting is at 3pm in room 204",
+    ]
     response = await client.post(f"/v1/models/{result.name}/predict",
                                  json={"texts": texts, "return_probabilities": True})
     assert response.status_code == 200, response.text
@@ -166,7 +169,9 @@ async def text_case(client: httpx.AsyncClient, result: FamilyResult, config: Mod
         _check_labels(got, row, task.labels or config.labels)
 
 
-async def speech_case(client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path) -> None:
+async def speech_case(
+    client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path
+) -> None:
     task = config.task
     assert isinstance(task, SpeechRecognitionTask)
     wavs = [espeak_wav(text, tmp) for text in ("turn on the kitchen light", "three one four")]
@@ -181,14 +186,18 @@ async def speech_case(client: httpx.AsyncClient, result: FamilyResult, config: M
         if task.lengths_input:
             inputs[task.lengths_input] = np.array([len(samples)])
         outputs = _torch(result, config, inputs)
-        frames = int(outputs[task.output_lengths][0]) if task.output_lengths else outputs[task.output].shape[1]
+        frames = (
+            int(outputs[task.output_lengths][0]) if task.output_lengths else outputs[task.output].shape[1]
+        )
         text, confidence = reference_ctc(outputs[task.output][0, :frames], task.vocabulary, task.blank_index)
         assert got["text"] == text
         assert got["confidence"] == pytest.approx(confidence, abs=ATOL)
         assert any("resampled from 22050 Hz" in note for note in got["notes"])
 
 
-async def anomaly_case(client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path) -> None:
+async def anomaly_case(
+    client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path
+) -> None:
     task = config.task
     assert isinstance(task, AnomalyDetectionTask)
     pngs = [drawn_digit(d) for d in (1, 4, 7)]
@@ -203,7 +212,11 @@ async def anomaly_case(client: httpx.AsyncClient, result: FamilyResult, config: 
     batch = np.stack([decode_image(png, task).tensor for png in pngs])  # n x (1, 28, 28) -> (n, 1, 28, 28)
     reconstruction = _torch(result, config, {config.inputs[0].name: batch})[task.output]
     assert reconstruction.shape == batch.shape
-    errors = (reconstruction.astype(np.float64) - batch) ** 2 if task.score == "mse" else np.abs(reconstruction - batch)
+    errors = (
+        (reconstruction.astype(np.float64) - batch) ** 2
+        if task.score == "mse"
+        else np.abs(reconstruction - batch)
+    )
     expected = errors.reshape(len(pngs), -1).mean(axis=1)
     for got, score in zip(predictions, expected, strict=True):
         assert got["score"] == pytest.approx(score, abs=ATOL)
@@ -211,7 +224,9 @@ async def anomaly_case(client: httpx.AsyncClient, result: FamilyResult, config: 
         assert got["threshold"] == task.threshold
 
 
-async def generation_case(client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path) -> None:
+async def generation_case(
+    client: httpx.AsyncClient, result: FamilyResult, config: ModelConfig, tmp: Path
+) -> None:
     task = config.task
     assert isinstance(task, ImageGenerationTask)
     classes, count, seed = [3, 7], 2, 42
@@ -220,8 +235,11 @@ async def generation_case(client: httpx.AsyncClient, result: FamilyResult, confi
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["seed"] == seed
-    # the documented contract (service/tasks/generation.py): NumPy PCG64 from the seed, one noise row per image
-    noise = np.random.default_rng(seed).standard_normal((len(classes) * count, task.noise_dim)).astype(np.float32)
+    # the documented contract (service/tasks/generation.py):
+    # NumPy PCG64 from the seed, one noise row per image
+    noise = (
+        np.random.default_rng(seed).standard_normal((len(classes) * count, task.noise_dim)).astype(np.float32)
+    )
     inputs: Tensors = {task.noise_input: noise}
     if task.label_input:
         inputs[task.label_input] = np.repeat(np.asarray(classes, np.int64), count)
@@ -229,7 +247,9 @@ async def generation_case(client: httpx.AsyncClient, result: FamilyResult, confi
     lo, hi = task.value_range
     pixels = np.clip((images.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
     expected = np.rint(255.0 * ((1.0 - pixels) if task.invert else pixels))[:, 0]  # (N, H, W), one channel
-    assert [image["label"] for image in body["images"]] == [task.labels[c] for c in classes for _ in range(count)]
+    assert [image["label"] for image in body["images"]] == [
+        task.labels[c] for c in classes for _ in range(count)
+    ]
     for got, want in zip(body["images"], expected, strict=True):
         served = np.asarray(Image.open(io.BytesIO(base64.b64decode(got["png"])))).astype(np.float64)
         assert served.shape == want.shape
@@ -251,7 +271,11 @@ CASES: dict[str, Case] = {
 
 def test_every_family_module_imports() -> None:
     """A family module may be absent (not written yet) but never broken: `load_recipes` would hide it."""
-    broken = {m: e for m, e in import_errors().items() if not e.startswith(f"ModuleNotFoundError: No module named '{m}'")}
+    broken = {
+        m: e
+        for m, e in import_errors().items()
+        if not e.startswith(f"ModuleNotFoundError: No module named '{m}'")
+    }
     assert not broken
     assert {"cnn", "mlp", "speech"} <= set(FAMILIES)
 
@@ -270,11 +294,15 @@ async def test_predict_answers_like_the_torch_net(
     demo: tuple[Path, dict[str, FamilyResult]], family: str, tmp_path: Path
 ) -> None:
     if _missing(family):
-        pytest.skip(f"{family} needs {', '.join(_missing(family))} (apt-get install -y {' '.join(_missing(family))})")
+        pytest.skip(
+            f"{family} needs {', '.join(_missing(family))} (apt-get install -y {' '.join(_missing(family))})"
+        )
     repo, results = demo
     config = load_config(repo / family / "config.yaml")
     assert config.task is not None, f"{family} is published without a task section"
     case = CASES.get(config.task.type)
-    assert case is not None, f"no end-to-end case for task type '{config.task.type}' ({family}); add one to CASES"
+    assert case is not None, (
+        f"no end-to-end case for task type '{config.task.type}' ({family}); add one to CASES"
+    )
     async with serve_app(repo) as client:
         await case(client, results[family], config, tmp_path)

@@ -90,11 +90,18 @@ def chain_model(width: int = 1024, depth: int = 600) -> tuple[onnx.ModelProto, n
     nodes, previous = [], "x"
     for i in range(depth):
         out = "y" if i == depth - 1 else f"h{i}"
-        nodes += [helper.make_node("MatMul", [previous, "W"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [out])]
+        nodes += [
+            helper.make_node("MatMul", [previous, "W"], [f"m{i}"]),
+            helper.make_node("Tanh", [f"m{i}"], [out]),
+        ]
         previous = out
     graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], [numpy_helper.from_array(w, "W")])
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        [numpy_helper.from_array(w, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -102,7 +109,9 @@ def chain_model(width: int = 1024, depth: int = 600) -> tuple[onnx.ModelProto, n
 
 
 def v2_request(x: np.ndarray, name: str = "x") -> dict[str, Any]:
-    return {"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    return {
+        "inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    }
 
 
 def output(body: dict[str, Any], name: str) -> np.ndarray:
@@ -138,7 +147,9 @@ def image_process(repo: Path, log_dir: Path) -> Iterator[Server]:
     assert executable and executable.startswith(VENV_BIN), f"{argv[0]} not found in {VENV_BIN}"
     log = log_dir / f"image-{port}.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen([executable, *argv[1:]], env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=log_dir)
+        process = subprocess.Popen(
+            [executable, *argv[1:]], env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=log_dir
+        )
     server = Server(process, f"http://127.0.0.1:{port}", port, log)
     try:
         wait_ready(server.url, process)
@@ -156,8 +167,9 @@ def test_image_command_serves_and_drains_on_sigterm(repo: Path, tmp_path: Path) 
     write_model(repo, "slow", slow)
     with image_process(repo, tmp_path) as server:
         assert httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200
-        assert any(line.startswith('{"') and "level" in json.loads(line) for line in server.output().splitlines()), (
-            "DEEPSERVE_LOG_FORMAT=json from the image's ENV: one JSON object a line")
+        assert any(
+            line.startswith('{"') and "level" in json.loads(line) for line in server.output().splitlines()
+        ), "DEEPSERVE_LOG_FORMAT=json from the image's ENV: one JSON object a line"
 
         x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
         answer = httpx.post(f"{server.url}/v2/models/clf/infer", json=v2_request(x), timeout=30)
@@ -277,7 +289,9 @@ def test_load_balancer_spreads_requests_and_skips_a_stopped_replica(repo: Path, 
             answer = client.post(f"{lb}/v2/models/clf/infer", json=v2_request(x))
             assert answer.status_code == 200, answer.text
             assert answer.headers["x-request-id"], "the replica's request id comes back through nginx"
-            np.testing.assert_allclose(output(answer.json(), "logits"), x @ weights + bias, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                output(answer.json(), "logits"), x @ weights + bias, rtol=1e-5, atol=1e-5
+            )
 
     with ExitStack() as stack:
         first = stack.enter_context(run_server(repo, log_dir=tmp_path, env=env))
@@ -330,8 +344,10 @@ def test_built_image_serves_every_model_and_drains_on_sigterm(capsys: pytest.Cap
     found = subprocess.run([docker, "image", "inspect", IMAGE], capture_output=True, text=True, timeout=60,
                            check=False)
     if found.returncode != 0:
-        pytest.skip(f"{IMAGE} is not built here: docker/smoke.sh builds it (or docker build -f docker/Dockerfile "
-                    f"-t {IMAGE} .); DEEPSERVE_TEST_IMAGE names another")
+        pytest.skip(
+            f"{IMAGE} is not built here: docker/smoke.sh builds it (or docker build -f docker/Dockerfile "
+            f"-t {IMAGE} .); DEEPSERVE_TEST_IMAGE names another"
+        )
     (image,) = json.loads(found.stdout)
     assert image["Config"]["User"] == "10001:10001"
     client = smoke_client()
@@ -344,8 +360,13 @@ def test_built_image_serves_every_model_and_drains_on_sigterm(capsys: pytest.Cap
             capture_output=True, text=True, timeout=60, check=True).stdout.split()[0]
         url = f"http://{address}:8000"
         if client.ready(url, name) != 0:
-            logs = subprocess.run([docker, "logs", "--tail", "40", name], capture_output=True, text=True, timeout=60,
-                                  check=False)
+            logs = subprocess.run(
+                [docker, "logs", "--tail", "40", name],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             pytest.fail(f"{IMAGE} did not get ready: {capsys.readouterr().out}\n{logs.stdout}{logs.stderr}")
         # The image's own HEALTHCHECK command, run in the container: exit 0 once every model is loaded.
         test = image["Config"]["Healthcheck"]["Test"]
@@ -357,8 +378,9 @@ def test_built_image_serves_every_model_and_drains_on_sigterm(capsys: pytest.Cap
         assert client.inflight(url, [docker, "kill", "--signal", "TERM", name]) == 0, capsys.readouterr().out
         exit_code = subprocess.run([docker, "wait", name], capture_output=True, text=True, timeout=120,
                                    check=True).stdout.strip()
-        logs = subprocess.run([docker, "logs", "--tail", "40", name], capture_output=True, text=True, timeout=60,
-                              check=False)
+        logs = subprocess.run(
+            [docker, "logs", "--tail", "40", name], capture_output=True, text=True, timeout=60, check=False
+        )
         assert exit_code == "0", logs.stdout + logs.stderr
     finally:
         subprocess.run([docker, "rm", "-f", name], capture_output=True, timeout=120, check=False)

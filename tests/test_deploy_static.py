@@ -65,7 +65,9 @@ def tool(name: str, *, pip: str | None = None, apt: str | None = None) -> str:
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
         if pip:
-            pytest.fail(f"{name} not installed: pip install {pip} (in the `test` extra: pip install -e '.[test]')")
+            pytest.fail(
+                f"{name} not installed: pip install {pip} (in the `test` extra: pip install -e '.[test]')"
+            )
         message = f"{name} not installed: apt-get install {apt} (.ci/setup installs it)"
         if os.environ.get("CI"):
             pytest.fail(message)
@@ -83,7 +85,9 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
 
 def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Build Settings the way the server does, from exactly these DEEPSERVE_* variables."""
-    unknown = sorted(k for k in env if k.startswith("DEEPSERVE_") and k[10:].lower() not in Settings.model_fields)
+    unknown = sorted(
+        k for k in env if k.startswith("DEEPSERVE_") and k[10:].lower() not in Settings.model_fields
+    )
     assert not unknown, f"not settings of service/settings.py: {unknown}"
     with monkeypatch.context() as patch:
         for key in [k for k in os.environ if k.startswith("DEEPSERVE_")]:
@@ -204,9 +208,11 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     patterns = dockerignore_patterns()
-    for heavy in (".venv/bin/python", ".git/HEAD", "model_repository/mlp/1/model.onnx", "bench/results/a.json",
-                  ".pytest_cache/v", "service/__pycache__/app.cpython-311.pyc", "tests/test_x.py",
-                  "deepserve.egg-info/PKG-INFO", ".hypothesis/examples/x"):
+    for heavy in (
+        ".venv/bin/python", ".git/HEAD", "model_repository/mlp/1/model.onnx", "bench/results/a.json",
+        ".pytest_cache/v", "service/__pycache__/app.cpython-311.pyc", "tests/test_x.py",
+        "deepserve.egg-info/PKG-INFO", ".hypothesis/examples/x",
+    ):
         assert dockerignore_excludes(heavy, patterns), f"{heavy} would be sent to the daemon"
     # Everything the Dockerfiles COPY from the context must be there.
     for dockerfile in DOCKERFILES:
@@ -215,7 +221,9 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
                 if "--from=" in args:
                     continue
                 for source in args.split()[:-1]:
-                    assert not dockerignore_excludes(source.rstrip("/"), patterns), f"{dockerfile.name}: {source}"
+                    assert not dockerignore_excludes(source.rstrip("/"), patterns), (
+                        f"{dockerfile.name}: {source}"
+                    )
     for needed in ("service/app.py", "service/api/v2.py", "models/cli.py", "models/nets/cnn.py"):
         assert not dockerignore_excludes(needed, patterns), needed
 
@@ -255,7 +263,9 @@ def test_dockerfile_steps_refer_to_things_that_exist(dockerfile: Path) -> None:
                 continue
             for source in [w for w in words if not w.startswith("--")][:-1]:
                 assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source}: no such path"
-                assert not dockerignore_excludes(source.rstrip("/"), patterns), f"{source} is in .dockerignore"
+                assert not dockerignore_excludes(source.rstrip("/"), patterns), (
+                    f"{source} is in .dockerignore"
+                )
         for args in instructions(stage, "RUN"):
             for extra in re.findall(r"\.\[([\w,-]+)\]", args):
                 for name in extra.split(","):
@@ -279,7 +289,11 @@ def test_dockerfile_commands_accept_their_arguments(dockerfile: Path) -> None:
     """`deepserve-train build --out /models` and `deepserve serve`: the installed scripts know the flags."""
     stages = dockerfile_stages(dockerfile)
     build = next(s for s in stages if s["name"] == "build")
-    (train,) = [re.search(r"deepserve-train (.*)", args) for args in instructions(build, "RUN") if "deepserve-train" in args]
+    (train,) = [
+        re.search(r"deepserve-train (.*)", args)
+        for args in instructions(build, "RUN")
+        if "deepserve-train" in args
+    ]
     assert train is not None
     words = train.group(1).split()
     command = [Path(sys.executable).parent / "deepserve-train", words[0]]
@@ -334,7 +348,9 @@ def test_package_builds_from_the_docker_context(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("deepserve-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+        entry_points = next(
+            archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
+        )
     for package in ("service", "models"):
         for source in (ROOT / package).rglob("*"):
             relative = source.relative_to(ROOT).as_posix()
@@ -402,7 +418,9 @@ def test_compose_load_balancer_and_monitoring(monkeypatch: pytest.MonkeyPatch) -
     assert not re.search(env["NGINX_ENVSUBST_FILTER"], "host")
     # The body limit is the server's.
     body_limit = re.search(r"client_max_body_size (\d+)m;", NGINX_TEMPLATE.read_text())
-    assert body_limit and int(body_limit.group(1)) * 2**20 == Settings.model_fields["max_request_bytes"].default
+    assert (
+        body_limit and int(body_limit.group(1)) * 2**20 == Settings.model_fields["max_request_bytes"].default
+    )
     api_env = services["api"]["environment"]
     assert int(api_env["DEEPSERVE_MAX_REQUEST_BYTES"]) == int(body_limit.group(1)) * 2**20
     for name in ("prometheus", "grafana"):
@@ -431,7 +449,9 @@ def test_compose_references_resolve() -> None:
         for dependency in service.get("depends_on", {}):
             assert dependency in data["services"], f"{name} depends on unknown service {dependency}"
             # A service that always starts cannot depend on one that only starts under a profile.
-            assert not data["services"][dependency].get("profiles") or service.get("profiles"), (name, dependency)
+            assert not data["services"][dependency].get("profiles") or service.get("profiles"), (
+                name, dependency,
+            )
         if "build" in service:
             assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
             assert service["image"].startswith("deepserve:"), "tag the built image so k8s/kserve can name it"
@@ -457,13 +477,18 @@ def test_kubernetes_manifests_match_the_kubernetes_schemas() -> None:
     documents.append((DOCKER / "kserve" / "servingruntime.yaml", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-container-check"},
         "spec": {"containers": runtime["spec"]["containers"]}}))
-    assert {doc["kind"] for _, doc in documents} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "Pod"}
+    assert {doc["kind"] for _, doc in documents} >= {
+        "Deployment", "Service", "HorizontalPodAutoscaler", "Pod",
+    }
     for version in ("1.30.0", "1.34.0"):
         for path, doc in documents:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)  # strict: unknown fields fail too
             except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
-                pytest.fail(f"{path.relative_to(ROOT)}: {doc['kind']} {doc['metadata']['name']} (k8s {version}): {exc}")
+                pytest.fail(
+                    f"{path.relative_to(ROOT)}: {doc['kind']} "
+                    f"{doc['metadata']['name']} (k8s {version}): {exc}"
+                )
 
 
 def test_kustomizations_list_files_that_exist() -> None:
@@ -472,16 +497,22 @@ def test_kustomizations_list_files_that_exist() -> None:
         assert data["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and data["kind"] == "Kustomization"
         for resource in data["resources"]:
             assert (kustomization.parent / resource).is_file(), f"{kustomization}: {resource}"
-        names = {doc["spec"]["template"]["spec"]["containers"][0]["image"].split(":")[0]
-                 for resource in data["resources"]
-                 for doc in load_yaml_documents(kustomization.parent / resource) if doc["kind"] == "Deployment"}
+        names = {
+            doc["spec"]["template"]["spec"]["containers"][0]["image"].split(":")[0]
+            for resource in data["resources"]
+            for doc in load_yaml_documents(kustomization.parent / resource)
+            if doc["kind"] == "Deployment"
+        }
         assert {image["name"] for image in data.get("images", [])} <= names
 
 
 @pytest.mark.parametrize("folder", [K8S, K8S / "gpu"], ids=["cpu", "gpu"])
 def test_deployment_probes_drain_and_security(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    docs = {doc["kind"]: doc for name in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
-            for doc in load_yaml_documents(folder / name)}
+    docs = {
+        doc["kind"]: doc
+        for name in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
+        for doc in load_yaml_documents(folder / name)
+    }
     deployment, service = docs["Deployment"], docs["Service"]
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -572,8 +603,12 @@ def sample_names() -> dict[str, set[str]]:
     series: dict[str, set[str]] = {}
     for name, (kind, labels) in declared_metrics().items():
         base = name.removesuffix("_total") if kind == "Counter" else name
-        suffixes = {"Counter": ["_total", "_created"], "Gauge": [""], "Histogram": ["_bucket", "_sum", "_count", "_created"],
-                    "Summary": ["_sum", "_count", "_created"]}[kind]
+        suffixes = {
+            "Counter": ["_total", "_created"],
+            "Gauge": [""],
+            "Histogram": ["_bucket", "_sum", "_count", "_created"],
+            "Summary": ["_sum", "_count", "_created"],
+        }[kind]
         for suffix in suffixes:
             series[base + suffix] = set(labels) | ({"le"} if suffix == "_bucket" else set())
     return series
@@ -603,16 +638,24 @@ def test_dashboard_queries_use_only_metrics_the_server_exports() -> None:
             labels = set(re.findall(r"(\w+)\s*=~?", selector_labels))
             assert labels <= available, f"{expr}\n  selects on {labels - available}"
     # The panels the brief asks for: rate, latency quantiles, batch sizes, queue depth, errors.
-    for needed in ("deepserve_requests_total", "deepserve_request_duration_seconds_bucket",
-                   "deepserve_batch_size_bucket", "deepserve_queue_depth", "deepserve_request_failures_total"):
+    for needed in (
+        "deepserve_requests_total", "deepserve_request_duration_seconds_bucket",
+        "deepserve_batch_size_bucket", "deepserve_queue_depth", "deepserve_request_failures_total",
+    ):
         assert needed in used, needed
 
 
 def test_dashboard_promql_parses(tmp_path: Path) -> None:
     promtool = tool("promtool", apt="prometheus")
     # Grafana's variables stand for a range and a regex; promtool parses each query as a recording rule.
-    rules = [{"record": f"deepserve:dashboard:{i}", "expr": e.replace("$__rate_interval", "1m").replace("$model", ".*")}
-             for i, e in enumerate(dashboard_exprs()) if not e.startswith("label_values(")]
+    rules = [
+        {
+            "record": f"deepserve:dashboard:{i}",
+            "expr": e.replace("$__rate_interval", "1m").replace("$model", ".*"),
+        }
+        for i, e in enumerate(dashboard_exprs())
+        if not e.startswith("label_values(")
+    ]
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run(promtool, "check", "rules", str(rules_file))
@@ -624,7 +667,8 @@ def test_dashboard_and_provisioning_fit_together() -> None:
     assert dashboard["uid"] == "deepserve"
     (datasource_var,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
     provisioning = DOCKER / "grafana" / "provisioning"
-    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (datasource,) = datasources["datasources"]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
     assert datasource_var["current"]["value"] == datasource["uid"]
     for panel in dashboard["panels"]:
@@ -662,8 +706,11 @@ def test_nginx_template_passes_nginx_t(tmp_path: Path) -> None:
     shutil.copy(DOCKER / "nginx" / "host.conf", conf / "nginx.conf")
     # Compose's values, but with addresses instead of `api`: the host cannot resolve Docker's
     # names, and Debian's nginx predates the `resolve` server parameter (1.27.3).
-    values = {"DEEPSERVE_LB_PORT": "127.0.0.1:8080", "DEEPSERVE_LB_RESOLVER": "resolver 127.0.0.11 valid=5s ipv6=off;",
-              "DEEPSERVE_UPSTREAM_SERVERS": "server 127.0.0.1:8000 max_fails=1 fail_timeout=10s;"}
+    values = {
+        "DEEPSERVE_LB_PORT": "127.0.0.1:8080",
+        "DEEPSERVE_LB_RESOLVER": "resolver 127.0.0.11 valid=5s ipv6=off;",
+        "DEEPSERVE_UPSTREAM_SERVERS": "server 127.0.0.1:8000 max_fails=1 fail_timeout=10s;",
+    }
     rendered = re.sub(r"\$\{(DEEPSERVE_\w+)\}", lambda m: values[m.group(1)], NGINX_TEMPLATE.read_text())
     (conf / "default.conf").write_text(rendered)
     result = run(nginx, "-t", "-p", str(tmp_path), "-c", "conf/nginx.conf", "-e", "logs/error.log")
@@ -677,7 +724,9 @@ SCRIPTS = sorted(DOCKER.glob("*.sh"))
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_build_stage_installs_from_the_wheelhouse_only_when_it_has_wheels(dockerfile: Path, tmp_path: Path) -> None:
+def test_build_stage_installs_from_the_wheelhouse_only_when_it_has_wheels(
+    dockerfile: Path, tmp_path: Path
+) -> None:
     """The RUN that writes pip.conf, executed: no wheels (a fresh clone) -> no config, PyPI as before;
     wheels -> pip's only source, which `pip config` reads back."""
     build = next(s for s in dockerfile_stages(dockerfile) if s["name"] == "build")
@@ -692,25 +741,39 @@ def test_build_stage_installs_from_the_wheelhouse_only_when_it_has_wheels(docker
         for wheel in wheels:
             (folder / wheel).touch()
         target = tmp_path / f"pip{len(wheels)}.conf"
-        script = write_config.split(" ", 1)[1].replace("/etc/pip.conf", str(target)).replace("/wheels", str(folder))
+        script = (
+            write_config.split(" ", 1)[1]
+            .replace("/etc/pip.conf", str(target))
+            .replace("/wheels", str(folder))
+        )
         result = run("sh", "-c", script)
         assert result.returncode == 0, result.stderr
         assert target.exists() == bool(wheels), target
         if wheels:
-            listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                                    env={**os.environ, "PIP_CONFIG_FILE": str(target)}, timeout=60, check=True)
+            listed = subprocess.run(
+                [sys.executable, "-m", "pip", "config", "list"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PIP_CONFIG_FILE": str(target)},
+                timeout=60,
+                check=True,
+            )
             assert "global.no-index='true'" in listed.stdout, listed.stdout
             assert f"global.find-links='{folder}'" in listed.stdout, listed.stdout
 
 
 def test_wheelhouse_folder_ships_empty_and_its_script_pins_the_dockerfile_torch() -> None:
-    assert (DOCKER / "wheelhouse" / "README.md").is_file(), "COPY docker/wheelhouse needs the folder in a clone"
+    assert (DOCKER / "wheelhouse" / "README.md").is_file(), (
+        "COPY docker/wheelhouse needs the folder in a clone"
+    )
     if (ROOT / ".git").exists() and shutil.which("git"):
         ignored = run("git", "-C", str(ROOT), "check-ignore", "-q", "docker/wheelhouse/torch-2.13.0-x.whl")
         assert ignored.returncode == 0, "wheels in docker/wheelhouse/ must be git-ignored"
         kept = run("git", "-C", str(ROOT), "check-ignore", "-q", "docker/wheelhouse/README.md")
         assert kept.returncode == 1, "docker/wheelhouse/README.md must stay tracked"
-    pinned = re.search(r'TORCH_VERSION="\$\{TORCH_VERSION:-([\d.]+)\}"', (DOCKER / "wheelhouse.sh").read_text())
+    pinned = re.search(
+        r'TORCH_VERSION="\$\{TORCH_VERSION:-([\d.]+)\}"', (DOCKER / "wheelhouse.sh").read_text()
+    )
     assert pinned, "docker/wheelhouse.sh has no TORCH_VERSION default"
     for dockerfile in DOCKERFILES:
         assert f"torch=={pinned.group(1)}" in dockerfile.read_text(), dockerfile.name
@@ -741,10 +804,18 @@ def compose_commands() -> list[list[str]]:
 def test_compose_file_loads_in_the_installed_compose() -> None:
     commands = compose_commands()
     if not commands:
-        pytest.skip("neither docker-compose (apt-get install docker-compose) nor the compose plugin is installed")
+        pytest.skip(
+            "neither docker-compose (apt-get install docker-compose) nor the compose plugin is installed"
+        )
     for command in commands:
-        result = subprocess.run([*command, "--profile", "monitoring", "--profile", "gpu", "config", "-q"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [*command, "--profile", "monitoring", "--profile", "gpu", "config", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
 
 

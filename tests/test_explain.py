@@ -52,8 +52,13 @@ def linear_image_model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["flat", "W"], ["xw"]),
         helper.make_node("Add", ["xw", "b"], ["scores"]),
     ]
-    graph = helper.make_graph(nodes, "linear", [x], [y],
-                              initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")])
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [x],
+        [y],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -114,7 +119,9 @@ async def test_kernel_shap_recovers_the_exact_shapley_values_of_a_linear_model(
     assert body["segments"] == 16 and body["target"] == "right" and body["evaluations"] <= 64
     assert body["baseline"]["kind"] == "black" and abs(body["baseline"]["score"] - (-0.25)) < TOLERANCE
     np.testing.assert_allclose(cell_values(body), exact_cell_shapley(picture, 1), atol=TOLERANCE)
-    assert abs(body["efficiency"]["total"] - body["efficiency"]["expected"]) <= body["efficiency"]["tolerance"]
+    assert (
+        abs(body["efficiency"]["total"] - body["efficiency"]["expected"]) <= body["efficiency"]["tolerance"]
+    )
 
 
 async def test_occlusion_orders_the_cells_of_a_linear_model_as_their_exact_values(
@@ -131,7 +138,8 @@ async def test_occlusion_orders_the_cells_of_a_linear_model_as_their_exact_value
     assert body["method"] == "occlusion" and body["evaluations"] == 16 + 2 and body["target"] == "left"
     got, exact = cell_values(body), exact_cell_shapley(picture, 0)
     assert list(np.argsort(got)) == list(np.argsort(exact))
-    np.testing.assert_allclose(got, exact, atol=TOLERANCE)  # linear: leaving one cell out is its Shapley value
+    # linear: leaving one cell out is its Shapley value
+    np.testing.assert_allclose(got, exact, atol=TOLERANCE)
 
 
 # ---- non-linear models: efficiency, seeds, what f(x) is ---------------------------------------------
@@ -147,8 +155,12 @@ async def test_efficiency_holds_on_a_nonlinear_model_and_a_seed_fixes_the_answer
             return client.post("/v1/models/digits/explain", json={
                 "image": base64.b64encode(png(gradient)).decode(), "seed": seed, "method": "kernel-shap"})
         first, again, other = await explain(3), await explain(3), await explain(4)
-        predicted = await client.post("/v1/models/digits/predict", content=png(gradient),
-                                      headers={"content-type": "image/png"}, params={"return_probabilities": True})
+        predicted = await client.post(
+            "/v1/models/digits/predict",
+            content=png(gradient),
+            headers={"content-type": "image/png"},
+            params={"return_probabilities": True},
+        )
     body = first.json()
     assert first.status_code == 200, first.text
     efficiency = body["efficiency"]
@@ -203,8 +215,11 @@ async def test_speech_explains_the_transcript_word_by_word(repo: Path, app_clien
     async with app_client(**CPU) as client:
         response = await client.post("/v1/models/speech/explain", content=wav(audio),
                                      headers={"content-type": "audio/wav"})
-        shap = await client.post("/v1/models/speech/explain?method=kernel-shap&budget=128", content=wav(audio),
-                                 headers={"content-type": "audio/wav"})
+        shap = await client.post(
+            "/v1/models/speech/explain?method=kernel-shap&budget=128",
+            content=wav(audio),
+            headers={"content-type": "audio/wav"},
+        )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["transcript"] == "ab cd" and body["method"] == "occlusion" and body.get("target") is None
@@ -225,7 +240,10 @@ async def test_speech_explains_the_transcript_word_by_word(repo: Path, app_clien
 # ---- bad input ----------------------------------------------------------------------------------------
 
 BAD_BODIES: list[tuple[str, dict[str, Any]]] = [
-    ("corrupt png", {"content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "headers": {"content-type": "image/png"}}),
+    (
+        "corrupt png",
+        {"content": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "headers": {"content-type": "image/png"}},
+    ),
     ("empty body", {"content": b"", "headers": {"content-type": "image/png"}}),
     ("a wav file", {"content": wav(np.zeros(1600, np.float32)), "headers": {"content-type": "image/png"}}),
     ("wrong content type", {"content": b"hello", "headers": {"content-type": "text/csv"}}),
@@ -244,18 +262,26 @@ async def test_what_predict_refuses_explain_refuses_the_same_way(
         predicted = await client.post("/v1/models/digits/predict", **request_kwargs)
         explained = await client.post("/v1/models/digits/explain", **request_kwargs)
     assert 400 <= predicted.status_code < 500, case
-    assert (explained.status_code, explained.json()["code"]) == (predicted.status_code, predicted.json()["code"])
+    assert explained.status_code == predicted.status_code
+    assert explained.json()["code"] == predicted.json()["code"]
     # the same message; a list of accepted form fields also names the explain options
-    assert explained.json()["error"].split("; accepted")[0] == predicted.json()["error"].split("; accepted")[0]
+    assert (
+        explained.json()["error"].split("; accepted")[0] == predicted.json()["error"].split("; accepted")[0]
+    )
 
 
-async def test_bad_texts_and_recordings_are_refused_as_predict_refuses_them(repo: Path, app_client: AppClient) -> None:
+async def test_bad_texts_and_recordings_are_refused_as_predict_refuses_them(
+    repo: Path, app_client: AppClient
+) -> None:
     write_text_model(repo)
     write_speech_model(repo, max_batch_size=16)
     cases = [
         ("sentiment", {"json": {"text": "   "}}),
         ("sentiment", {"json": {"txt": "hello"}}),
-        ("speech", {"content": wav(np.full(1600, np.nan, np.float32)), "headers": {"content-type": "audio/wav"}}),
+        (
+            "speech",
+            {"content": wav(np.full(1600, np.nan, np.float32)), "headers": {"content-type": "audio/wav"}},
+        ),
         ("speech", {"content": b"RIFF\x00\x00", "headers": {"content-type": "audio/wav"}}),
     ]
     async with app_client(**CPU) as client:
@@ -266,7 +292,9 @@ async def test_bad_texts_and_recordings_are_refused_as_predict_refuses_them(repo
             assert (explained.status_code, explained.json()) == (predicted.status_code, predicted.json())
 
 
-async def test_bad_explain_options_are_400s_that_say_what_is_accepted(repo: Path, app_client: AppClient) -> None:
+async def test_bad_explain_options_are_400s_that_say_what_is_accepted(
+    repo: Path, app_client: AppClient
+) -> None:
     write_image_model(repo, "digits", max_batch_size=32)
     write_speech_model(repo, max_batch_size=16)
     write_model(repo, "tensors", classifier_model())  # no task section
@@ -307,7 +335,9 @@ async def test_the_openapi_document_declares_explain_with_examples(repo: Path, a
     async with app_client(**CPU) as client:
         document = (await client.get("/openapi.json")).json()
     route = document["paths"]["/v1/models/{name}/explain"]["post"]
-    assert {"image/png", "application/json", "multipart/form-data", "text/plain"} <= set(route["requestBody"]["content"])
+    assert {"image/png", "application/json", "multipart/form-data", "text/plain"} <= set(
+        route["requestBody"]["content"]
+    )
     assert {p["name"] for p in route["parameters"]} >= {"method", "target", "budget", "seed", "baseline"}
     schemas = document["components"]["schemas"]
     for name in ("ImageExplanation", "TextExplanation", "AudioExplanation"):
@@ -328,14 +358,19 @@ async def test_a_client_that_disconnects_cancels_its_queued_explanation(repo: Pa
     disconnects (raw ASGI: the body, then `http.disconnect`). None of its copies is ever computed."""
     write_image_model(repo, "slow", slow=True, max_batch_size=8)
     app = create_app(Settings(model_repository=repo, **CPU))
-    blocker_body = {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [2500.0] * 784}]}
+    blocker_body = {
+        "inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [2500.0] * 784}]
+    }
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://deepserve", timeout=60) as client:
             async def count(name: str) -> float:
                 return metric((await client.get("/metrics")).text, name, "slow")
 
-            batches, items = await count("deepserve_batch_size_count"), await count("deepserve_batch_size_sum")
+            batches, items = (
+                await count("deepserve_batch_size_count"),
+                await count("deepserve_batch_size_sum"),
+            )
             blocker = asyncio.create_task(client.post("/v2/models/slow/infer", json=blocker_body))
             async with asyncio.timeout(20):
                 while await count("deepserve_queue_duration_seconds_count") == 0:  # the blocker computes
@@ -353,11 +388,21 @@ async def test_a_client_that_disconnects_cancels_its_queued_explanation(repo: Pa
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                     "scheme": "http", "path": "/v1/models/slow/explain", "raw_path": b"/v1/models/slow/explain",
-                     "query_string": b"method=occlusion", "root_path": "", "client": ("127.0.0.1", 1),
-                     "server": ("deepserve", 80), "state": {},
-                     "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]}
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/models/slow/explain",
+                "raw_path": b"/v1/models/slow/explain",
+                "query_string": b"method=occlusion",
+                "root_path": "",
+                "client": ("127.0.0.1", 1),
+                "server": ("deepserve", 80),
+                "state": {},
+                "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+            }
             call = asyncio.create_task(manager.app(scope, receive, send))
             async with asyncio.timeout(20):
                 while await count("deepserve_queue_depth") == 0:  # its copies wait behind the blocker
@@ -375,7 +420,9 @@ async def test_a_client_that_disconnects_cancels_its_queued_explanation(repo: Pa
             assert await count("deepserve_batch_size_sum") - items == 2.0
 
 
-async def test_a_model_with_batching_off_is_explained_one_copy_per_call(repo: Path, app_client: AppClient) -> None:
+async def test_a_model_with_batching_off_is_explained_one_copy_per_call(
+    repo: Path, app_client: AppClient
+) -> None:
     write_image_model(repo, "single", max_batch_size=0)
     async with app_client(**CPU) as client:
         response = await client.post("/v1/models/single/explain", content=png(np.full((28, 28), 200)),

@@ -34,7 +34,9 @@ def drawn_seven() -> bytes:
 
 
 @pytest.mark.parametrize("method", ["occlusion", "kernel-shap"])
-async def test_a_drawn_seven_is_explained_by_its_stroke(demo: tuple[Path, dict[str, Any]], method: str) -> None:
+async def test_a_drawn_seven_is_explained_by_its_stroke(
+    demo: tuple[Path, dict[str, Any]], method: str
+) -> None:
     repo, built = demo
     if "cnn" not in built:
         pytest.skip("the demo build has no cnn")
@@ -61,7 +63,9 @@ async def test_deleting_the_blamed_words_weakens_the_prediction(demo: tuple[Path
         pytest.skip("the demo build has no text model")
     sentence = "worst service ever, rude staff and a dirty awful room, never again"
     async with serve_app(repo) as client:
-        explained = await client.post("/v1/models/text/explain", json={"text": sentence, "target": "negative"})
+        explained = await client.post(
+            "/v1/models/text/explain", json={"text": sentence, "target": "negative"}
+        )
         assert explained.status_code == 200, explained.text
         words = sorted(explained.json()["words"], key=lambda w: -w["score"])[:2]
         kept = sentence

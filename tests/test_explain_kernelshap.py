@@ -38,7 +38,11 @@ def exact_shapley(value: Value, m: int) -> np.ndarray:
 
 def nonlinear(masks: np.ndarray) -> np.ndarray:
     x = masks.astype(np.float64)
-    return np.tanh(x @ np.arange(1.0, x.shape[1] + 1) / 3) * x[:, 0] + x[:, 1] * x[:, 2] - 0.5 * x[:, 3] * x[:, 0]
+    return (
+        np.tanh(x @ np.arange(1.0, x.shape[1] + 1) / 3) * x[:, 0]
+        + x[:, 1] * x[:, 2]
+        - 0.5 * x[:, 3] * x[:, 0]
+    )
 
 
 @pytest.mark.parametrize("m", [4, 5, 6])
@@ -57,7 +61,9 @@ def test_sampled_kernel_shap_is_exact_for_additive_values_and_always_efficient()
 
     coalitions = kernel_coalitions(m, 200, seed=7)
     assert coalitions.masks.shape[0] <= 200
-    np.testing.assert_allclose(kernel_attributions(coalitions, additive(coalitions.masks)), weights, atol=1e-9)
+    np.testing.assert_allclose(
+        kernel_attributions(coalitions, additive(coalitions.masks)), weights, atol=1e-9
+    )
     scores = nonlinear(coalitions.masks)
     phi = kernel_attributions(coalitions, scores)
     assert abs(phi.sum() - (scores[0] - scores[1])) < 1e-9

@@ -22,7 +22,9 @@ RUNS = [
 SEEN: Counter[tuple[str, int]] = Counter()
 
 
-@pytest.mark.parametrize(("path", "mode", "media"), RUNS, ids=[f"{p} {g.value} {b or 'any body'}" for p, g, b in RUNS])
+@pytest.mark.parametrize(
+    ("path", "mode", "media"), RUNS, ids=[f"{p} {g.value} {b or 'any body'}" for p, g, b in RUNS]
+)
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
 def test_explain_never_fails_with_5xx_and_answers_as_documented(

@@ -44,14 +44,17 @@ class Recorder:
 @pytest.fixture
 async def gated(tmp_path: Path) -> AsyncIterator[Callable[..., tuple[DynamicBatcher, Recorder]]]:
     path = write_model(tmp_path, "batch", batch_size_model()) / "model.onnx"
-    session = OnnxSession.load(path, config=ModelConfig(intra_op_threads=1), providers=["CPUExecutionProvider"])
+    session = OnnxSession.load(
+        path, config=ModelConfig(intra_op_threads=1), providers=["CPUExecutionProvider"]
+    )
     made: list[tuple[DynamicBatcher, Recorder]] = []
 
     def factory(**overrides: object) -> tuple[DynamicBatcher, Recorder]:
         recorder = Recorder(session, asyncio.get_running_loop())
         options: dict[str, object] = {
             "model": "m", "version": "1", "max_batch_size": 4, "max_queue_delay_ms": 1.0,
-            "preferred_batch_sizes": (), "max_queue_size": 8, "pad_values": {}, "provider": "CPUExecutionProvider",
+            "preferred_batch_sizes": (), "max_queue_size": 8, "pad_values": {},
+            "provider": "CPUExecutionProvider",
         }
         batcher = DynamicBatcher(runners=[recorder], **(options | overrides))  # type: ignore[arg-type]
         made.append((batcher, recorder))
@@ -68,7 +71,9 @@ def x_of(items: int, marker: float) -> TensorMap:
 
 
 def submit(batcher: DynamicBatcher, items: int, marker: float, priority: Priority) -> asyncio.Task[TensorMap]:
-    return asyncio.create_task(batcher.submit(x_of(items, marker), items=items, timeout_s=30, priority=priority))
+    return asyncio.create_task(
+        batcher.submit(x_of(items, marker), items=items, timeout_s=30, priority=priority)
+    )
 
 
 async def test_ordinary_requests_overtake_queued_explanation_work(gated: Gated) -> None:

@@ -42,7 +42,9 @@ from service.repository.config import ImageClassificationTask, load_config  # no
 from service.tasks.image import decode_image  # noqa: E402
 
 FAMILIES = [r.name for r in RECIPES]
-needs_fonts = pytest.mark.skipif(not find_fonts(), reason="no TrueType fonts that draw digits (apt-get install fonts-dejavu)")
+needs_fonts = pytest.mark.skipif(
+    not find_fonts(), reason="no TrueType fonts that draw digits (apt-get install fonts-dejavu)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +148,9 @@ def _draw(digit: str, *, size: tuple[int, int], ink: int, paper: int) -> bytes:
     """A dark-on-light drawing of `digit` of any size, as a user would upload it."""
     image = Image.new("RGB", size, (paper, paper, paper))
     font = ImageFont.load_default(size=min(size) * 0.7)
-    ImageDraw.Draw(image).text((size[0] / 2, size[1] / 2), digit, fill=(ink, ink, ink), font=font, anchor="mm")
+    ImageDraw.Draw(image).text(
+        (size[0] / 2, size[1] / 2), digit, fill=(ink, ink, ink), font=font, anchor="mm"
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -171,7 +175,9 @@ def test_image_folder_loader_decodes_like_the_server(tmp_path: Path) -> None:
         assert x.min() == 0.0 and x.max() > 0.5, "inverted and autocontrasted: light strokes on dark"
         name = data.labels[int(y)]
         served = [decode_image(f.read_bytes(), task).tensor for f in (tmp_path / name).glob("*.png")]
-        assert any(np.array_equal(x.numpy(), s) for s in served), "each image is exactly what the server feeds"
+        assert any(np.array_equal(x.numpy(), s) for s in served), (
+            "each image is exactly what the server feeds"
+        )
     again = load_folder(tmp_path, seed=5)
     torch.testing.assert_close(again.test_x, data.test_x, rtol=0, atol=0)
 
@@ -210,7 +216,9 @@ def test_quick_build_exports_valid_dynamic_onnx(built: dict[str, FamilyResult], 
 
 @pytest.mark.train
 @pytest.mark.parametrize("family", FAMILIES)
-def test_quick_build_matches_torch_at_several_batch_sizes(built: dict[str, FamilyResult], family: str) -> None:
+def test_quick_build_matches_torch_at_several_batch_sizes(
+    built: dict[str, FamilyResult], family: str
+) -> None:
     result = built[family]
     assert {"batch1", "batch8"} <= set(result.parity) and max(result.parity.values()) <= 1e-4
     assert result.net is not None and not result.net.training
@@ -232,9 +240,9 @@ def test_quick_build_config_and_provenance(built: dict[str, FamilyResult], famil
     assert config.name == family and config.labels == [str(d) for d in range(10)]
     task = config.task
     assert isinstance(task, ImageClassificationTask)
-    assert (task.input, task.output, task.size, task.channels, task.invert, task.autocontrast, task.resize) == (
-        "image", "logits", (SIZE, SIZE), "L", "auto", True, "ink"
-    )
+    assert (
+        task.input, task.output, task.size, task.channels, task.invert, task.autocontrast, task.resize,
+    ) == ("image", "logits", (SIZE, SIZE), "L", "auto", True, "ink")
     assert 0.0 < task.mean[0] < 0.5 and 0.1 < task.std[0] < 1.0
     assert (result.path / "labels.txt").read_text().split() == config.labels
 
@@ -244,8 +252,12 @@ def test_quick_build_config_and_provenance(built: dict[str, FamilyResult], famil
     assert facts["parity"] == pytest.approx(result.parity)
     assert facts["sha256"] == hashlib.sha256((result.path / "model.onnx").read_bytes()).hexdigest()
     assert facts["package_version"] == importlib.metadata.version("deepserve")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    assert facts["git_commit"].removesuffix("-dirty") == (head.stdout.strip() if head.returncode == 0 else "unknown")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    assert facts["git_commit"].removesuffix("-dirty") == (
+        head.stdout.strip() if head.returncode == 0 else "unknown"
+    )
     assert facts["opset"] >= 17 and facts["data"]["heldout_size"] == 450
     assert json.loads((result.path / "provenance.json").read_text()) == facts
 

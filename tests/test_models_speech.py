@@ -165,7 +165,8 @@ def test_quick_build_publishes_a_servable_model(quick_build: FamilyResult) -> No
     result, repo = quick_build, quick_build.path.parent.parent
     assert result.path == repo / "speech" / "1"
     assert set(result.metrics) >= {"wer", "cer", "wer_flite"}
-    assert {"batch1_short", "batch1_long", "batch8_short", "batch8_long", "padded_vs_single"} <= set(result.parity)
+    cases = {"batch1_short", "batch1_long", "batch8_short", "batch8_long", "padded_vs_single"}
+    assert cases <= set(result.parity)
     assert max(result.parity.values()) <= 1e-4
     model = onnx.load(str(result.path / "model.onnx"))
     onnx.checker.check_model(model)
@@ -180,7 +181,8 @@ def test_quick_build_publishes_a_servable_model(quick_build: FamilyResult) -> No
     session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
     log_probs, frames = session.run(None, {"audio": np.zeros((2, 8000), np.float32),
                                            "audio_lengths": np.array([8000, 4000])})
-    expected = [(n // NET.features.hop) // NET.stride + 1 for n in (8000, 4000)]  # centered frames, subsampled
+    # centered frames, subsampled
+    expected = [(n // NET.features.hop) // NET.stride + 1 for n in (8000, 4000)]
     assert log_probs.shape == (2, expected[0], len(VOCABULARY)) and frames.tolist() == expected
 
 

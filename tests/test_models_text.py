@@ -88,8 +88,10 @@ def test_split_is_seeded_stratified_disjoint_and_labelled(corpus_labels: dict[st
 
 
 def test_own_csv_keeps_its_labels(tmp_path: Path) -> None:
-    rows = [(f"tweet number {i} is {'great' if i % 3 == 2 else 'bad' if i % 3 == 0 else 'news'}", LABELS[i % 3])
-            for i in range(60)]
+    rows = [
+        (f"tweet number {i} is {'great' if i % 3 == 2 else 'bad' if i % 3 == 0 else 'news'}", LABELS[i % 3])
+        for i in range(60)
+    ]
     csv_file = tmp_path / "mine.csv"
     csv_file.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows), encoding="utf-8")
     data = load(seed=0, data=csv_file)
@@ -102,7 +104,8 @@ def test_own_csv_keeps_its_labels(tmp_path: Path) -> None:
 def test_tokenizer_round_trips_and_matches_the_server(tmp_path: Path) -> None:
     texts = load(seed=0, limit=800).train.texts
     tok = train_tokenizer(texts, vocab_size=800)
-    assert tok.get_vocab() == train_tokenizer(texts, vocab_size=800).get_vocab()  # huggingface/tokenizers#1794
+    # huggingface/tokenizers#1794
+    assert tok.get_vocab() == train_tokenizer(texts, vocab_size=800).get_vocab()
     assert (tok.token_to_id(PAD), tok.token_to_id(CLS)) == (0, 2)
     text = "Thanks @united, the flight was GREAT! https://t.co/abc"
     ids = encode(tok, [text], max_length=64)[0]
@@ -144,7 +147,9 @@ def test_quick_build_is_a_valid_onnx_model(quick: tuple[Trained, FamilyResult]) 
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         assert value.type.tensor_type.elem_type == onnx.TensorProto.INT64
-        assert [d.dim_param != "" for d in dims] == [True, True], f"{value.name}: batch and sequence are dynamic"
+        assert [d.dim_param != "" for d in dims] == [True, True], (
+            f"{value.name}: batch and sequence are dynamic"
+        )
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
     assert (result.path / TOKENIZER_FILE).is_file()
 
@@ -152,7 +157,8 @@ def test_quick_build_is_a_valid_onnx_model(quick: tuple[Trained, FamilyResult]) 
 @pytest.mark.train
 def test_quick_build_parity_and_metrics(quick: tuple[Trained, FamilyResult]) -> None:
     _, result = quick
-    assert {"batch1_short", "batch1_long", "batch8_short", "batch8_long", "padded_vs_single"} == set(result.parity)
+    cases = {"batch1_short", "batch1_long", "batch8_short", "batch8_long", "padded_vs_single"}
+    assert cases == set(result.parity)
     assert max(result.parity.values()) <= 1e-4
     assert {"accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1"} <= set(result.metrics)
     assert all(0.0 <= result.metrics[k] <= 1.0 for k in ("accuracy", "macro_f1", "baseline_accuracy"))
@@ -196,7 +202,9 @@ async def test_served_answers_match_the_torch_net(quick: tuple[Trained, FamilyRe
     with torch.no_grad():
         probs = torch.softmax(trained.net(*pad(ids)), dim=1).numpy()
     async with serve_app(result.path.parent.parent) as client:
-        many = await client.post("/v1/models/text/predict", json={"texts": SENTENCES, "return_probabilities": True})
+        many = await client.post(
+            "/v1/models/text/predict", json={"texts": SENTENCES, "return_probabilities": True}
+        )
         one = await client.post("/v1/models/text/predict", json={"text": SENTENCES[0]})
     assert many.status_code == 200, many.text
     predictions = many.json()["predictions"]
@@ -206,4 +214,7 @@ async def test_served_answers_match_the_torch_net(quick: tuple[Trained, FamilyRe
         np.testing.assert_allclose(served, probs[i], atol=1e-4)
         assert prediction["tokens"] == len(ids[i])
     assert [p["truncated"] for p in predictions] == [False, False, False, False, True]
-    assert one.status_code == 200 and one.json()["predictions"][0]["labels"][0]["label"] == LABELS[int(probs[0].argmax())]
+    assert (
+        one.status_code == 200
+        and one.json()["predictions"][0]["labels"][0]["label"] == LABELS[int(probs[0].argmax())]
+    )

@@ -124,11 +124,20 @@ def test_access_control_wraps_the_fast_path_and_the_routes(models: Path) -> None
 
 async def test_repository_api_needs_the_admin_token(models: Path) -> None:
     async with serve_app(models, api_keys=[KEY], admin_token=ADMIN, **CPU) as client:
-        for path in ("/v2/repository/index", "/v2/repository/models/clf/load", "/v2/repository/models/clf/unload"):
+        for path in (
+            "/v2/repository/index",
+            "/v2/repository/models/clf/load",
+            "/v2/repository/models/clf/unload",
+        ):
             assert_unauthorized(await client.post(path), invalid=False)
-            assert_unauthorized(await client.post(path, headers=bearer(KEY)), invalid=True)  # a key is not admin
-        assert (await client.post("/v2/models/clf/infer", json=BODY, headers=bearer(ADMIN))).status_code == 200
-        assert (await client.post("/v2/repository/models/clf/unload", headers=bearer(ADMIN))).status_code == 200
+            # a key is not admin
+            assert_unauthorized(await client.post(path, headers=bearer(KEY)), invalid=True)
+        assert (
+            await client.post("/v2/models/clf/infer", json=BODY, headers=bearer(ADMIN))
+        ).status_code == 200
+        assert (
+            await client.post("/v2/repository/models/clf/unload", headers=bearer(ADMIN))
+        ).status_code == 200
         gone = await client.post("/v2/models/clf/infer", json=BODY, headers=bearer(KEY))
         assert gone.status_code == 404, gone.text
         assert (await client.post("/v2/repository/models/clf/load", headers=bearer(ADMIN))).status_code == 200
@@ -153,7 +162,11 @@ async def test_api_keys_without_admin_token_close_the_repository_api(models: Pat
 
 async def test_admin_api_off_removes_the_repository_routes(models: Path, app_client: AppClient) -> None:
     async with app_client(admin_api=False, admin_token=ADMIN, **CPU) as client:
-        for path in ("/v2/repository/index", "/v2/repository/models/clf/load", "/v2/repository/models/clf/unload"):
+        for path in (
+            "/v2/repository/index",
+            "/v2/repository/models/clf/load",
+            "/v2/repository/models/clf/unload",
+        ):
             response = await client.post(path, headers=bearer(ADMIN))
             assert response.status_code == 404, response.text
         schema = (await client.get("/openapi.json")).json()
@@ -172,7 +185,9 @@ async def test_keys_file(models: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text(f"# team a\n{KEY}\n\n  {OTHER_KEY}  \n", encoding="utf-8")
     async with serve_app(models, api_keys_file=keys, **CPU) as client:
-        assert_unauthorized(await client.post("/v1/models/sentiment/predict", json={"text": "good"}), invalid=False)
+        assert_unauthorized(
+            await client.post("/v1/models/sentiment/predict", json={"text": "good"}), invalid=False
+        )
         for key in (KEY, OTHER_KEY):
             ok = await client.post("/v1/models/sentiment/predict", json={"text": "good"}, headers=bearer(key))
             assert ok.status_code == 200, ok.text
@@ -202,7 +217,8 @@ async def test_repository_api_stays_locked_under_a_root_path_and_odd_spellings(m
                          "/api/v2/repository/models/clf/unload/"):
                 response = await client.post(path)
                 assert_unauthorized(response, invalid=False)
-            assert (await client.post("/api/v2/models/clf/infer", json=BODY)).status_code == 200  # still served
+            # still served
+            assert (await client.post("/api/v2/models/clf/infer", json=BODY)).status_code == 200
             ok = await client.post("/api/v2/repository/models/clf/unload", headers=bearer(ADMIN))
             assert ok.status_code == 200, ok.text
 

@@ -56,7 +56,9 @@ def serve(repo: Path) -> Callable[..., Any]:
         app = create_app(Settings(model_repository=repo, **{**CPU, **overrides}))
         async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60) as manager:
             transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://deepserve", timeout=60) as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://deepserve", timeout=60
+            ) as client:
                 yield Served(app, client)
 
     return run
@@ -67,8 +69,13 @@ def reshape_fails_at_run_time() -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     shape = numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "shape")
-    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="secret_reshape_node")],
-                              "fails", [x], [y], [shape])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="secret_reshape_node")],
+        "fails",
+        [x],
+        [y],
+        [shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -90,7 +97,9 @@ async def test_a_500_says_internal_error_with_the_request_id_and_logs_the_detail
     one = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2, 3, 4]]}]}
     async with serve(infer_fast_path=fast_path) as s:
         caplog.set_level(logging.WARNING)
-        response = await s.client.post("/v2/models/fails/infer", json=one, headers={"x-request-id": "trace-42"})
+        response = await s.client.post(
+            "/v2/models/fails/infer", json=one, headers={"x-request-id": "trace-42"}
+        )
     assert response.status_code == 500, response.text
     body = response.json()
     assert body == {"error": "internal error (request id trace-42); the server log has the details",
@@ -147,7 +156,9 @@ async def test_a_malformed_request_id_is_replaced(repo: Path, serve: Serve, give
         assert given not in answer.text or not given
 
 
-@pytest.mark.parametrize("given", ["3f2a9c1e-8d4b-4e0f-9a7c-1b2c3d4e5f60", "a" * 128, "00-abc-01", "trace:1/2+3=4@x_y.z"])
+@pytest.mark.parametrize(
+    "given", ["3f2a9c1e-8d4b-4e0f-9a7c-1b2c3d4e5f60", "a" * 128, "00-abc-01", "trace:1/2+3=4@x_y.z"]
+)
 async def test_a_well_formed_request_id_is_kept(repo: Path, serve: Serve, given: str) -> None:
     write_model(repo, "clf", classifier_model())
     async with serve() as s:
@@ -188,7 +199,9 @@ async def test_broken_side_files_make_the_model_unavailable_at_load(
         ready = await s.client.get("/v2/models/sentiment/ready")
         predict = await s.client.post("/v1/models/sentiment/predict", json={"text": "good"})
         fine = await s.client.post("/v1/models/fine/predict", json={"text": "good"})
-    assert meta["parameters"]["state"] == "UNAVAILABLE" and re.search(reason, meta["parameters"]["error"]), meta
+    assert meta["parameters"]["state"] == "UNAVAILABLE" and re.search(reason, meta["parameters"]["error"]), (
+        meta
+    )
     assert_no_absolute_path(meta["parameters"]["error"], repo)
     assert ready.status_code == 503
     assert predict.status_code == 503 and predict.json()["code"] == "model_not_ready", predict.text
@@ -196,12 +209,16 @@ async def test_broken_side_files_make_the_model_unavailable_at_load(
     assert fine.status_code == 200, fine.text
 
 
-async def test_a_vocabulary_that_does_not_match_the_output_is_refused_at_load(repo: Path, serve: Serve) -> None:
+async def test_a_vocabulary_that_does_not_match_the_output_is_refused_at_load(
+    repo: Path, serve: Serve
+) -> None:
     write_speech_model(repo, "speech", task={"vocabulary": ["_", "a", "b"]})
     async with serve() as s:
         meta = (await s.client.get("/v2/models/speech")).json()
     assert meta["parameters"]["state"] == "UNAVAILABLE"
-    assert re.search(r"task\.vocabulary has 3 symbols but output 'log_probs' has \d+", meta["parameters"]["error"])
+    assert re.search(
+        r"task\.vocabulary has 3 symbols but output 'log_probs' has \d+", meta["parameters"]["error"]
+    )
 
 
 async def test_a_task_naming_a_missing_input_is_refused_at_load(repo: Path, serve: Serve) -> None:
@@ -244,7 +261,9 @@ async def test_metric_labels_only_take_known_model_versions(repo: Path, serve: S
             response = await s.client.post(f"/v2/models/broken_m/versions/{version}/infer", json=BODY)
             assert response.status_code == 503, response.text
         for version in ("7", "abc", "1" * 30):
-            assert (await s.client.post(f"/v2/models/clf/versions/{version}/infer", json=BODY)).status_code == 404
+            assert (
+                await s.client.post(f"/v2/models/clf/versions/{version}/infer", json=BODY)
+            ).status_code == 404
         for name in ("nope", "x" * 100):
             assert (await s.client.post(f"/v2/models/{name}/infer", json=BODY)).status_code == 404
     assert _label_values("deepserve_requests_total", "version", model="broken_m") == {"1"}
@@ -260,8 +279,10 @@ async def test_v1_predict_is_counted_like_v2_infer_by_route(repo: Path, serve: S
         return REGISTRY.get_sample_value(metric, {"model": "counted", "version": "1", "route": "v1_predict",
                                                   **labels}) or 0.0
 
-    ok, bad = sample("deepserve_requests_total", outcome="success"), sample("deepserve_request_failures_total",
-                                                                            reason="invalid_input")
+    ok, bad = (
+        sample("deepserve_requests_total", outcome="success"),
+        sample("deepserve_request_failures_total", reason="invalid_input"),
+    )
     timed = sample("deepserve_request_duration_seconds_count")
     async with serve() as s:
         assert (await s.client.post("/v1/models/counted/predict", json={"text": "good"})).status_code == 200
@@ -270,7 +291,9 @@ async def test_v1_predict_is_counted_like_v2_infer_by_route(repo: Path, serve: S
     assert sample("deepserve_requests_total", outcome="success") == ok + 1
     assert sample("deepserve_request_failures_total", reason="invalid_input") == bad + 1
     assert sample("deepserve_request_duration_seconds_count") == timed + 2
-    assert 'deepserve_requests_total{model="counted",outcome="success",route="v1_predict",version="1"}' in text
+    assert (
+        'deepserve_requests_total{model="counted",outcome="success",route="v1_predict",version="1"}' in text
+    )
 
 
 async def test_runs_still_computing_after_the_grace_period_are_logged_as_abandoned(
@@ -292,7 +315,9 @@ async def test_runs_still_computing_after_the_grace_period_are_logged_as_abandon
             while model.runs_in_flight:  # the abandoned run ends in its thread; its result is dropped
                 await asyncio.sleep(0.01)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("1 ONNX Runtime run(s) still computing after the 0 s grace period" in m for m in messages), messages
+    assert any("1 ONNX Runtime run(s) still computing after the 0 s grace period" in m for m in messages), (
+        messages
+    )
     assert any("abandoned ONNX Runtime run(s) ended" in m for m in messages), messages
 
 
@@ -320,12 +345,17 @@ async def test_a_stalled_body_gets_408_and_frees_the_request(repo: Path, serve: 
                                        headers={"content-type": "application/json"})
         assert (await s.client.post("/v2/models/clf/infer", json=BODY)).status_code == 200
     assert response.status_code == 408, response.text
-    assert response.json()["code"] == "request_body_timeout" and "DEEPSERVE_REQUEST_BODY_TIMEOUT_S" in response.text
+    assert (
+        response.json()["code"] == "request_body_timeout"
+        and "DEEPSERVE_REQUEST_BODY_TIMEOUT_S" in response.text
+    )
     assert response.headers["connection"] == "close"
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi-route"])
-async def test_a_chunked_body_over_the_limit_is_413_not_500(repo: Path, serve: Serve, fast_path: bool) -> None:
+async def test_a_chunked_body_over_the_limit_is_413_not_500(
+    repo: Path, serve: Serve, fast_path: bool
+) -> None:
     write_model(repo, "clf", classifier_model())
     async with serve(max_request_bytes=1024, infer_fast_path=fast_path) as s:
         response = await s.client.post("/v2/models/clf/infer", content=_chunks(4, 512))  # no Content-Length

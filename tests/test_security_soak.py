@@ -35,12 +35,14 @@ def test_short_soak_loses_nothing_and_answers_no_5xx(repo: Path, tmp_path: Path)
     write_text_model(repo, "sentiment")
     write_speech_model(repo, "speech")
     soak = load_soak()
-    summary = soak.run([
-        "--repository", str(repo), "--duration", "15", "--concurrency", "8", "--settle", "5",
-        "--port", str(free_port()), "--v2", "clf", "--image", "digits", "--text", "sentiment", "--audio", "speech",
-        "--reload", "digits", "--reload-every", "4", "--cycle", "clf", "--cycle-every", "6", "--body-timeout", "8",
-        "--log", str(tmp_path / "server.log"),
-    ])
+    summary = soak.run(
+        [
+            "--repository", str(repo), "--duration", "15", "--concurrency", "8", "--settle", "5", "--port",
+            str(free_port()), "--v2", "clf", "--image", "digits", "--text", "sentiment", "--audio", "speech",
+            "--reload", "digits", "--reload-every", "4", "--cycle", "clf", "--cycle-every", "6",
+            "--body-timeout", "8", "--log", str(tmp_path / "server.log"),
+        ]
+    )
     assert summary["5xx"] == {}, summary
     assert summary["lost"] == 0 and summary["mismatched"] == 0, summary
     assert summary["bad_inputs_not_refused"] == 0, summary
@@ -48,4 +50,5 @@ def test_short_soak_loses_nothing_and_answers_no_5xx(repo: Path, tmp_path: Path)
     assert {"v2_json", "v2_binary", "v1_image", "v1_text", "v1_audio"} <= set(summary["by_kind"]), summary
     chaos = summary["chaos"]
     assert chaos and all(key.endswith(": 200") for key in chaos), chaos
-    assert any(key.startswith("reload digits") for key in chaos) and any(key.startswith("unload clf") for key in chaos)
+    assert any(key.startswith("reload digits") for key in chaos)
+    assert any(key.startswith("unload clf") for key in chaos)

@@ -30,7 +30,8 @@ def test_resolve_keeps_available_preferences_with_cpu_last() -> None:
     assert resolve_providers(["NoSuchExecutionProvider"]) == [CPU]
     assert resolve_providers([]) == [CPU]
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        assert resolve_providers(["CUDAExecutionProvider", CPU, "CUDAExecutionProvider"]) == ["CUDAExecutionProvider", CPU]
+        wanted = ["CUDAExecutionProvider", CPU, "CUDAExecutionProvider"]
+        assert resolve_providers(wanted) == ["CUDAExecutionProvider", CPU]
 
 
 def test_cuda_requested_reports_what_really_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -54,8 +55,12 @@ def test_a_provider_that_fell_back_is_not_asked_for_again(tmp_path: Path) -> Non
 
 
 def test_graph_tensors_become_specs_with_dynamic_dims_as_minus_one(tmp_path: Path) -> None:
-    model = identity_model([("ids", "INT64", ["batch", "seq"]), ("s", "BYTES", [None, 2]), ("h", "FP16", [1, 3])])
-    session = OnnxSession.load(write_model(tmp_path, "m", model) / "model.onnx", config=ModelConfig(), providers=[CPU])
+    model = identity_model(
+        [("ids", "INT64", ["batch", "seq"]), ("s", "BYTES", [None, 2]), ("h", "FP16", [1, 3])]
+    )
+    session = OnnxSession.load(
+        write_model(tmp_path, "m", model) / "model.onnx", config=ModelConfig(), providers=[CPU]
+    )
     assert [(s.name, s.datatype, s.shape) for s in session.inputs] == [
         ("ids", "INT64", [-1, -1]), ("s", "BYTES", [-1, 2]), ("h", "FP16", [1, 3])
     ]
@@ -64,8 +69,12 @@ def test_graph_tensors_become_specs_with_dynamic_dims_as_minus_one(tmp_path: Pat
 
 def test_run_returns_every_output_and_passes_strings_as_text(tmp_path: Path) -> None:
     model = identity_model([("s", "BYTES", ["b"]), ("x", "FP32", ["b", 2])])
-    session = OnnxSession.load(write_model(tmp_path, "m", model) / "model.onnx", config=ModelConfig(), providers=[CPU])
-    out = session.run({"s": np.array([b"caf\xc3\xa9", "tea"], dtype=object), "x": np.ones((2, 2), np.float32)})
+    session = OnnxSession.load(
+        write_model(tmp_path, "m", model) / "model.onnx", config=ModelConfig(), providers=[CPU]
+    )
+    out = session.run(
+        {"s": np.array([b"caf\xc3\xa9", "tea"], dtype=object), "x": np.ones((2, 2), np.float32)}
+    )
     assert set(out) == {"s_out", "x_out"}
     assert out["s_out"].tolist() == ["café", "tea"]  # bytes are not str()-ed into "b'...'"
     assert out["x_out"].dtype == np.float32
@@ -93,7 +102,9 @@ def test_warm_up_runs_on_zeros_of_every_dtype(tmp_path: Path, caplog: pytest.Log
             assert echoed.dtype == dtype and not echoed.any()
 
 
-def test_warm_up_failure_is_a_warning_not_a_load_failure(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_warm_up_failure_is_a_warning_not_a_load_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write_model(tmp_path, "m", batch_size_model(features=4)) / "model.onnx"
     config = ModelConfig.model_validate({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 5]}]})
     with caplog.at_level(logging.WARNING, logger="service.runtime.session"):
@@ -105,11 +116,15 @@ def test_warm_up_failure_is_a_warning_not_a_load_failure(tmp_path: Path, caplog:
 
 
 def test_session_options_follow_the_config() -> None:
-    options = session_options(ModelConfig(intra_op_threads=1, inter_op_threads=2, graph_optimization_level="basic"))
+    options = session_options(
+        ModelConfig(intra_op_threads=1, inter_op_threads=2, graph_optimization_level="basic")
+    )
     assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 2
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
-    assert session_options(ModelConfig()).graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert (
+        session_options(ModelConfig()).graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
 
 
 def test_a_corrupt_file_raises_naming_it(tmp_path: Path) -> None:

@@ -85,22 +85,31 @@ def wav_header_only(rate: int, channels: int = 1) -> bytes:
         b"data" + struct.pack("<I", len(body)) + body
 
 
-@pytest.mark.parametrize(("data", "error", "words"), [
-    (b"", InvalidInput, "empty"),
-    (b"this is plainly text, not a recording", InvalidInput, "not readable"),
-    (encode(np.zeros(0, dtype=np.float32), RATE), InvalidInput, "no samples"),
-    (encode(tone(3.0, RATE), RATE), InvalidInput, "longer than.*2 s"),
-    (wav_header_only(7), InvalidInput, "7 Hz"),
-    (wav_header_only(1_000_000), InvalidInput, "1000000 Hz"),
-    (encode(np.zeros((100, 3), dtype=np.float32), RATE), InvalidInput, "3 channels; send mono or stereo"),
-    (encode(np.zeros((100, 8), dtype=np.float32), RATE), InvalidInput, "8 channels; send mono or stereo"),
-    (encode(np.array([0.1, np.nan, 0.2], dtype=np.float32), RATE, subtype="FLOAT"), InvalidInput, "NaN"),
-    (encode(np.array([0.1, np.inf], dtype=np.float32), RATE, subtype="FLOAT"), InvalidInput, "infinite"),
-    (encode(tone(0.2, RATE), RATE, "AIFF"), UnsupportedMediaType, "AIFF"),
-    (encode(tone(1.0, RATE), RATE)[:30], InvalidInput, "recording 0"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, InvalidInput, "is a PNG image, not a recording"),
-], ids=["empty", "text", "zero-length", "too-long", "7hz", "1mhz", "3-channels", "8-channels", "nan", "inf", "aiff", "cut", "png"])
-def test_bad_recordings_are_refused_naming_the_problem(data: bytes, error: type[Exception], words: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    [
+        (b"", InvalidInput, "empty"),
+        (b"this is plainly text, not a recording", InvalidInput, "not readable"),
+        (encode(np.zeros(0, dtype=np.float32), RATE), InvalidInput, "no samples"),
+        (encode(tone(3.0, RATE), RATE), InvalidInput, "longer than.*2 s"),
+        (wav_header_only(7), InvalidInput, "7 Hz"),
+        (wav_header_only(1_000_000), InvalidInput, "1000000 Hz"),
+        (encode(np.zeros((100, 3), dtype=np.float32), RATE), InvalidInput, "3 channels; send mono or stereo"),
+        (encode(np.zeros((100, 8), dtype=np.float32), RATE), InvalidInput, "8 channels; send mono or stereo"),
+        (encode(np.array([0.1, np.nan, 0.2], dtype=np.float32), RATE, subtype="FLOAT"), InvalidInput, "NaN"),
+        (encode(np.array([0.1, np.inf], dtype=np.float32), RATE, subtype="FLOAT"), InvalidInput, "infinite"),
+        (encode(tone(0.2, RATE), RATE, "AIFF"), UnsupportedMediaType, "AIFF"),
+        (encode(tone(1.0, RATE), RATE)[:30], InvalidInput, "recording 0"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, InvalidInput, "is a PNG image, not a recording"),
+    ],
+    ids=[
+        "empty", "text", "zero-length", "too-long", "7hz", "1mhz", "3-channels", "8-channels", "nan", "inf",
+        "aiff", "cut", "png",
+    ],
+)
+def test_bad_recordings_are_refused_naming_the_problem(
+    data: bytes, error: type[Exception], words: str
+) -> None:
     with pytest.raises(error, match=words):
         decode_audio(data, sample_rate=RATE, max_duration_s=2)
 
@@ -136,13 +145,17 @@ def test_ctc_on_logits_gives_the_same_text_and_a_probability() -> None:
 
 def test_all_blank_and_empty_inputs_give_an_empty_transcript() -> None:
     assert ctc_greedy(frames_for([0, 0, 0]), vocabulary=VOCAB, blank=0, frame_shift_s=0.01).text == ""
-    empty = ctc_greedy(np.zeros((0, len(VOCAB)), dtype=np.float32), vocabulary=VOCAB, blank=0, frame_shift_s=0.01)
+    empty = ctc_greedy(
+        np.zeros((0, len(VOCAB)), dtype=np.float32), vocabulary=VOCAB, blank=0, frame_shift_s=0.01
+    )
     assert empty.text == "" and empty.confidence == 0.0
 
 
 def test_sentencepiece_style_symbols_start_words() -> None:
     vocab = ["<b>", "\u2581he", "llo", "\u2581wor", "ld"]
-    result = ctc_greedy(np.log(np.eye(5)[[1, 2, 0, 3, 4]] * 0.9 + 0.02), vocabulary=vocab, blank=0, frame_shift_s=0.01)
+    result = ctc_greedy(
+        np.log(np.eye(5)[[1, 2, 0, 3, 4]] * 0.9 + 0.02), vocabulary=vocab, blank=0, frame_shift_s=0.01
+    )
     assert result.text == "hello world"
 
 

@@ -72,7 +72,9 @@ async def test_predict_and_v2_infer_share_one_batcher(repo: Path, app_client: Ap
     write_image_model(repo, "shared", slow=True, max_batch_size=2, max_queue_delay_ms=10_000)
 
     def tensor(value: float) -> dict[str, Any]:
-        return {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [value] * 784}]}
+        return {
+            "inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [value] * 784}]
+        }
 
     async def count(name: str) -> float:
         return metric((await client.get("/metrics")).text, name, "shared")
@@ -116,9 +118,12 @@ async def test_oversized_bodies_are_413_before_they_are_read(repo: Path, app_cli
     write_image_model(repo, "digits")
     async with app_client(max_request_bytes=4096, **CPU) as client:
         chunked = Chunks(100)  # no Content-Length: the server counts while it reads
-        response = await client.post("/v1/models/digits/predict", content=chunked, headers={"content-type": "image/png"})
+        response = await client.post(
+            "/v1/models/digits/predict", content=chunked, headers={"content-type": "image/png"}
+        )
         assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
-        assert "4096" in response.json()["error"] and chunked.pulled <= 6  # stopped just past 4 KiB of 100 KiB
+        # stopped just past 4 KiB of 100 KiB
+        assert "4096" in response.json()["error"] and chunked.pulled <= 6
         declared = Chunks(100)  # Content-Length over the limit: refused from the headers alone
         response = await client.post("/v1/models/digits/predict", content=declared,
                                      headers={"content-type": "image/png", "content-length": str(100 * 1024)})
@@ -128,7 +133,9 @@ async def test_oversized_bodies_are_413_before_they_are_read(repo: Path, app_cli
 # ---- /docs "Try it out" -------------------------------------------------------------------------------
 
 
-async def test_the_requests_docs_try_it_out_sends_work_for_every_task(repo: Path, app_client: AppClient) -> None:
+async def test_the_requests_docs_try_it_out_sends_work_for_every_task(
+    repo: Path, app_client: AppClient
+) -> None:
     """Swagger UI sends what the OpenAPI document declares: multipart `file` uploads (options left empty
     are sent as empty fields) or the document's JSON examples."""
     write_every_task(repo)
@@ -144,7 +151,9 @@ async def test_the_requests_docs_try_it_out_sends_work_for_every_task(repo: Path
             ("levels", ("level.wav", wav(np.full(8000, 0.34, dtype=np.float32)), "audio/wav"), "low"),
         ]
         for name, upload, answer in uploads:
-            response = await client.post(f"/v1/models/{name}/predict", files={"file": upload}, data=empty_options)
+            response = await client.post(
+                f"/v1/models/{name}/predict", files={"file": upload}, data=empty_options
+            )
             assert response.status_code == 200, (name, response.text)
             prediction = response.json()["predictions"][0]
             assert prediction.get("text", prediction.get("labels", [{}])[0].get("label")) == answer
@@ -164,7 +173,9 @@ async def test_the_requests_docs_try_it_out_sends_work_for_every_task(repo: Path
 def test_a_real_server_answers_413_to_headers_alone(repo: Path, tmp_path: Path) -> None:
     """The client announces 1 GB and sends nothing more: the answer must come without the body (no hang)."""
     write_image_model(repo, "digits")
-    with run_server(repo, log_dir=tmp_path, env={"DEEPSERVE_PROVIDERS": '["CPUExecutionProvider"]'}) as server:
+    with run_server(
+        repo, log_dir=tmp_path, env={"DEEPSERVE_PROVIDERS": '["CPUExecutionProvider"]'}
+    ) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: localhost\r\n"
                          b"Content-Type: image/png\r\nContent-Length: 1000000000\r\n\r\n")
@@ -187,18 +198,29 @@ def test_the_example_curl_commands_of_the_model_list_work(repo: Path, tmp_path: 
     work.mkdir()
     (work / "image.png").write_bytes(png(0))
     (work / "recording.wav").write_bytes(wav(spell("dab")))
-    with run_server(repo, log_dir=tmp_path, env={"DEEPSERVE_PROVIDERS": '["CPUExecutionProvider"]'}) as server:
+    with run_server(
+        repo, log_dir=tmp_path, env={"DEEPSERVE_PROVIDERS": '["CPUExecutionProvider"]'}
+    ) as server:
         models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]
         answers = {}
         for model in models:
             command = shlex.split(model["example_curl"])
             assert command[0] == "curl" and server.url in command[-1], model["example_curl"]
-            done = subprocess.run([*command, "--silent", "--show-error", "--fail-with-body", "--max-time", "30"],
-                                  cwd=work, capture_output=True, timeout=60, check=False)
+            done = subprocess.run(
+                [*command, "--silent", "--show-error", "--fail-with-body", "--max-time", "30"],
+                cwd=work,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
             assert done.returncode == 0, (model["name"], done.stdout, done.stderr)
             answers[model["name"]] = json.loads(done.stdout)
     assert answers["digits"]["predictions"][0]["labels"][0]["label"] == "0"
-    assert answers["speech"]["predictions"][0]["text"] == "dab" and answers["speech"]["predictions"][0]["words"]
-    assert answers["sentiment"]["task"] == "text-classification" and len(answers["embedder"]["embeddings"]) == 1
+    assert (
+        answers["speech"]["predictions"][0]["text"] == "dab" and answers["speech"]["predictions"][0]["words"]
+    )
+    assert (
+        answers["sentiment"]["task"] == "text-classification" and len(answers["embedder"]["embeddings"]) == 1
+    )
     assert answers["levels"]["task"] == "audio-classification"
 

@@ -137,15 +137,20 @@ def bmp_with_size(width: int, height: int) -> bytes:
         (encode(Image.new("L", (28, 28)))[:40], "starts like a PNG file but is corrupt or truncated"),
         (encode(Image.new("RGB", (64, 64)), "JPEG")[:300], "corrupt or truncated"),
         (b"GIF89a" + b"\xff" * 10, "starts like a GIF file but is corrupt or truncated"),
-        (encode(Image.new("RGB", (8, 8)), "TIFF"), "it is a TIFF file, which is not accepted; convert it to PNG"),
+        (
+            encode(Image.new("RGB", (8, 8)), "TIFF"),
+            "it is a TIFF file, which is not accepted; convert it to PNG",
+        ),
         (b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40, "HEIC/AVIF file, which is not accepted"),
         (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG or XML file, which is not accepted"),
         (png_with_header(0, 10), "zero size \\(0x10 pixels\\)"),
         (bmp_with_size(7, 0), "zero size \\(7x0 pixels\\)"),
         (b"GIF89a\x00\x00\x05\x00\x00\x00\x00;", "zero size \\(0x5 pixels\\)"),
     ],
-    ids=["empty", "text", "truncated-pixels", "truncated-header", "truncated-jpeg", "garbage-gif", "tiff", "heic",
-         "svg", "zero-width-png", "zero-height-bmp", "zero-gif"],
+    ids=[
+        "empty", "text", "truncated-pixels", "truncated-header", "truncated-jpeg", "garbage-gif", "tiff",
+        "heic", "svg", "zero-width-png", "zero-height-bmp", "zero-gif",
+    ],
 )
 def test_bad_bytes_are_invalid_input_naming_the_problem(data: bytes, words: str) -> None:
     with pytest.raises(InvalidInput, match=words):
@@ -155,7 +160,9 @@ def test_bad_bytes_are_invalid_input_naming_the_problem(data: bytes, words: str)
 def test_an_animated_webp_uses_the_first_frame_and_says_so() -> None:
     frames = [Image.new("RGB", (28, 28), (255, 255, 255)), Image.new("RGB", (28, 28), (0, 0, 0))]
     buffer = io.BytesIO()
-    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    frames[0].save(
+        buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True
+    )
     decoded = decode_image(buffer.getvalue(), GRAY28)
     assert decoded.tensor.min() > 0.99 and any("WEBP with 2 frames" in note for note in decoded.notes)
 
@@ -190,7 +197,9 @@ def test_arbitrary_bytes_raise_only_input_errors(data: bytes) -> None:
 @st.composite
 def damaged_images(draw: st.DrawFn) -> bytes:
     fmt = draw(st.sampled_from(["PNG", "JPEG", "WEBP", "BMP", "GIF"]))
-    data = bytearray(encode(Image.new("RGB", (draw(st.integers(1, 40)), draw(st.integers(1, 40))), (200, 10, 90)), fmt))
+    data = bytearray(
+        encode(Image.new("RGB", (draw(st.integers(1, 40)), draw(st.integers(1, 40))), (200, 10, 90)), fmt)
+    )
     for _ in range(draw(st.integers(1, 8))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     return bytes(data[: draw(st.integers(0, len(data)))])

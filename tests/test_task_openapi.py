@@ -66,7 +66,9 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     write_speech_model(repo, "speech", task={"max_duration_s": 2})
     write_audio_classifier(repo, "levels")
     write_model(repo, "plain", classifier_model())
-    app = create_app(Settings(model_repository=repo, providers=["CPUExecutionProvider"], max_request_bytes=1 << 20))
+    app = create_app(
+        Settings(model_repository=repo, providers=["CPUExecutionProvider"], max_request_bytes=1 << 20)
+    )
     schema = schemathesis.openapi.from_dict(_pin_path_parameters(app.openapi()))
     schema.app = app  # what `from_asgi` sets: requests go to the app in process
     yield schema.include(path_regex="^/v1/")
@@ -75,11 +77,17 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
 
 POSITIVE, NEGATIVE = schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE
 PREDICT, PREDICT_VERSION = "/v1/models/{name}/predict", "/v1/models/{name}/versions/{version}/predict"
-BODIES = ["multipart/form-data", "application/json", "text/plain", "image/png", "audio/wav", "application/octet-stream"]
+BODIES = [
+    "multipart/form-data", "application/json", "text/plain", "image/png", "audio/wav",
+    "application/octet-stream",
+]
 RUNS = [
     *[(PREDICT, "POST", POSITIVE, media) for media in BODIES],  # every declared body reaches a decoder
-    (PREDICT, "POST", NEGATIVE, None), (PREDICT_VERSION, "POST", POSITIVE, None), (PREDICT_VERSION, "POST", NEGATIVE, None),
-    ("/v1/models/{name}", "GET", POSITIVE, None), ("/v1/models/{name}", "GET", NEGATIVE, None),
+    (PREDICT, "POST", NEGATIVE, None),
+    (PREDICT_VERSION, "POST", POSITIVE, None),
+    (PREDICT_VERSION, "POST", NEGATIVE, None),
+    ("/v1/models/{name}", "GET", POSITIVE, None),
+    ("/v1/models/{name}", "GET", NEGATIVE, None),
     ("/v1/models", "GET", POSITIVE, None),  # no parameters, so nothing to make invalid
 ]
 
@@ -92,8 +100,8 @@ RUNS = [
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
 def test_v1_routes_never_fail_with_5xx_and_answer_as_documented(
-    api_schema: schemathesis.BaseSchema, path: str, method: str, mode: schemathesis.GenerationMode, media: str | None,
-    data: st.DataObject,
+    api_schema: schemathesis.BaseSchema, path: str, method: str, mode: schemathesis.GenerationMode,
+    media: str | None, data: st.DataObject,
 ) -> None:
     case = data.draw(api_schema[path][method].as_strategy(generation_mode=mode, media_type=media))
     response = case.call_and_validate(checks=CHECKS)

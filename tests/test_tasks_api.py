@@ -67,7 +67,9 @@ def top(prediction: dict[str, Any]) -> str:
 @pytest.fixture
 async def client(repo: Path, app_client: AppClient) -> AsyncIterator[httpx.AsyncClient]:
     write_image_model(repo, "digits", max_batch_size=8)
-    write_image_model(repo, "photos", channels=3, size=16, task={"resize": "center-crop", "labels": list("abcdefghij")})
+    write_image_model(
+        repo, "photos", channels=3, size=16, task={"resize": "center-crop", "labels": list("abcdefghij")}
+    )
     write_text_model(repo, "sentiment")
     write_text_model(repo, "strict", task={"max_length": 2, "truncation": "refuse"})
     write_text_model(repo, "tags", task={"multi_label": True, "lowercase": True, "max_length": 2})
@@ -94,21 +96,32 @@ async def test_several_uploaded_images_are_one_batch_in_request_order(client: ht
 
 async def test_json_base64_data_urls_and_raw_bodies_are_accepted(client: httpx.AsyncClient) -> None:
     b64 = base64.b64encode(png(255)).decode()
-    as_json = await client.post("/v1/models/digits/predict", json={"images": [b64, f"data:image/png;base64,{b64}"]})
+    as_json = await client.post(
+        "/v1/models/digits/predict", json={"images": [b64, f"data:image/png;base64,{b64}"]}
+    )
     assert [top(p) for p in as_json.json()["predictions"]] == ["9", "9"]
-    raw = await client.post("/v1/models/digits/predict", content=png(0, fmt="JPEG"), headers={"content-type": "image/jpeg"})
+    raw = await client.post(
+        "/v1/models/digits/predict", content=png(0, fmt="JPEG"), headers={"content-type": "image/jpeg"}
+    )
     assert raw.status_code == 200 and top(raw.json()["predictions"][0]) == "0"
 
 
 async def test_options_come_from_query_form_or_body_and_the_body_wins(client: httpx.AsyncClient) -> None:
     url = "/v1/models/photos/predict"
-    query = await client.post(f"{url}?top_k=2&return_probabilities=true", files={"file": ("a.png", png(255, mode="RGB"))})
+    query = await client.post(
+        f"{url}?top_k=2&return_probabilities=true", files={"file": ("a.png", png(255, mode="RGB"))}
+    )
     prediction = query.json()["predictions"][0]
     assert [x["label"] for x in prediction["labels"]] == ["j", "i"]
     assert set(prediction["probabilities"]) == set("abcdefghij")
     form = await client.post(url, files={"file": ("a.png", png(255, mode="RGB"))}, data={"top_k": "1"})
-    assert len(form.json()["predictions"][0]["labels"]) == 1 and "probabilities" not in form.json()["predictions"][0]
-    body = await client.post(f"{url}?top_k=4", json={"image": base64.b64encode(png(0, mode="RGB")).decode(), "top_k": 3})
+    assert (
+        len(form.json()["predictions"][0]["labels"]) == 1
+        and "probabilities" not in form.json()["predictions"][0]
+    )
+    body = await client.post(
+        f"{url}?top_k=4", json={"image": base64.b64encode(png(0, mode="RGB")).decode(), "top_k": 3}
+    )
     assert len(body.json()["predictions"][0]["labels"]) == 3
 
 
@@ -134,16 +147,26 @@ async def test_concurrent_requests_are_each_answered_from_their_own_image(client
     assert answers == [str(level) for level in levels]
 
 
-@pytest.mark.parametrize(("files", "status", "code", "words"), [
-    ([("file", png(255)), ("file", b"\x89PNG\r\n\x1a\n broken")], 400, "invalid_input", "image 1 is not a readable"),
-    ([("file", png(255)[:-40])], 400, "invalid_input", "corrupt or truncated"),
-    ([("file", b"GIF89a" + b"\xff" * 10)], 400, "invalid_input", "PNG, JPEG, WebP, BMP or GIF"),
-    ([("file", b"")], 400, "invalid_input", "empty"),
-    ([("file", b"%PDF-1.7 not a picture")], 400, "invalid_input", "PDF file, which is not accepted"),
-    ([("file", wav(np.zeros(800, dtype=np.float32)))], 400, "invalid_input", "WAV audio file, which is not accepted"),
-    ([("image", png(255))], 400, "invalid_input", "unknown form fields ['image']"),
-    ([("file", png(255))] * 9, 400, "invalid_input", "at most 8"),
-], ids=["not-an-image", "truncated", "garbage-gif", "empty", "pdf", "wav", "wrong-field", "too-many"])
+@pytest.mark.parametrize(
+    ("files", "status", "code", "words"),
+    [
+        (
+            [("file", png(255)), ("file", b"\x89PNG\r\n\x1a\n broken")], 400, "invalid_input",
+            "image 1 is not a readable",
+        ),
+        ([("file", png(255)[:-40])], 400, "invalid_input", "corrupt or truncated"),
+        ([("file", b"GIF89a" + b"\xff" * 10)], 400, "invalid_input", "PNG, JPEG, WebP, BMP or GIF"),
+        ([("file", b"")], 400, "invalid_input", "empty"),
+        ([("file", b"%PDF-1.7 not a picture")], 400, "invalid_input", "PDF file, which is not accepted"),
+        (
+            [("file", wav(np.zeros(800, dtype=np.float32)))], 400, "invalid_input",
+            "WAV audio file, which is not accepted",
+        ),
+        ([("image", png(255))], 400, "invalid_input", "unknown form fields ['image']"),
+        ([("file", png(255))] * 9, 400, "invalid_input", "at most 8"),
+    ],
+    ids=["not-an-image", "truncated", "garbage-gif", "empty", "pdf", "wav", "wrong-field", "too-many"],
+)
 async def test_bad_uploads_are_4xx_naming_the_problem(
     client: httpx.AsyncClient, files: list[tuple[str, bytes]], status: int, code: str, words: str
 ) -> None:
@@ -155,7 +178,9 @@ async def test_a_decompression_bomb_is_413(client: httpx.AsyncClient) -> None:
     data = bytearray(png(0, size=(1, 1), mode="1"))
     ihdr = struct.pack(">IIBBBBB", 12000, 12000, 1, 0, 0, 0, 0)
     data[16:29], data[29:33] = ihdr, struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    response = await client.post("/v1/models/digits/predict", content=bytes(data), headers={"content-type": "image/png"})
+    response = await client.post(
+        "/v1/models/digits/predict", content=bytes(data), headers={"content-type": "image/png"}
+    )
     assert "pixels" in error_of(response, 413, "payload_too_large")
 
 
@@ -163,28 +188,48 @@ async def test_a_zero_size_image_is_400_saying_so(client: httpx.AsyncClient) -> 
     data = bytearray(png(0, size=(1, 1)))
     ihdr = struct.pack(">IIBBBBB", 0, 28, 8, 0, 0, 0, 0)
     data[16:29], data[29:33] = ihdr, struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    response = await client.post("/v1/models/digits/predict", files={"file": ("zero.png", bytes(data), "image/png")})
+    response = await client.post(
+        "/v1/models/digits/predict", files={"file": ("zero.png", bytes(data), "image/png")}
+    )
     assert "zero size (0x28 pixels)" in error_of(response, 400, "invalid_input")
 
 
-@pytest.mark.parametrize(("url", "body", "status", "code", "words"), [
-    ("digits", {"images": "AAAA"}, 422, "invalid_request", "images: Input should be a valid list"),
-    ("digits", {"image": "AAAA", "top_k": "three"}, 422, "invalid_request", "top_k"),
-    ("digits", {"image": "AAAA", "return_probabilities": "maybe"}, 422, "invalid_request", "return_probabilities"),
-    ("digits", [{"image": "AAAA"}], 422, "invalid_request", "valid dictionary"),
-    ("digits", "null", 422, "invalid_request", "valid dictionary"),
-    ("digits", {"image": base64.b64encode(b"plain words").decode()}, 400, "invalid_input", "not a readable image"),
-    ("sentiment", {"texts": "hello"}, 422, "invalid_request", "texts: Input should be a valid list"),
-    ("sentiment", {"texts": ["ok", None]}, 422, "invalid_request", "texts.1"),
-    ("sentiment", {"text": "hi", "texts": ["hi"]}, 422, "invalid_request", "exactly one of 'text'"),
-    ("speech", {"audio": 5}, 422, "invalid_request", "audio"),
-    ("speech", {"recording": "AAAA"}, 422, "invalid_request", "recording"),
-    ("speech", {"audio": base64.b64encode(b"no sound here").decode()}, 400, "invalid_input", "not readable"),
-    ("speech/predict?top_k=0", {"audio": "AAAA"}, 422, "invalid_request", "top_k"),
-    ("sentiment/predict?return_probabilities=perhaps", {"text": "hi"}, 422, "invalid_request", "return_probabilities"),
-], ids=["images-not-list", "top-k-string", "flag-string", "array-body", "null-body", "base64-of-text",
-        "texts-not-list", "texts-null-item", "both-fields", "audio-number", "unknown-field", "base64-of-words",
-        "query-top-k-0", "query-flag"])
+@pytest.mark.parametrize(
+    ("url", "body", "status", "code", "words"),
+    [
+        ("digits", {"images": "AAAA"}, 422, "invalid_request", "images: Input should be a valid list"),
+        ("digits", {"image": "AAAA", "top_k": "three"}, 422, "invalid_request", "top_k"),
+        (
+            "digits", {"image": "AAAA", "return_probabilities": "maybe"}, 422, "invalid_request",
+            "return_probabilities",
+        ),
+        ("digits", [{"image": "AAAA"}], 422, "invalid_request", "valid dictionary"),
+        ("digits", "null", 422, "invalid_request", "valid dictionary"),
+        (
+            "digits", {"image": base64.b64encode(b"plain words").decode()}, 400, "invalid_input",
+            "not a readable image",
+        ),
+        ("sentiment", {"texts": "hello"}, 422, "invalid_request", "texts: Input should be a valid list"),
+        ("sentiment", {"texts": ["ok", None]}, 422, "invalid_request", "texts.1"),
+        ("sentiment", {"text": "hi", "texts": ["hi"]}, 422, "invalid_request", "exactly one of 'text'"),
+        ("speech", {"audio": 5}, 422, "invalid_request", "audio"),
+        ("speech", {"recording": "AAAA"}, 422, "invalid_request", "recording"),
+        (
+            "speech", {"audio": base64.b64encode(b"no sound here").decode()}, 400, "invalid_input",
+            "not readable",
+        ),
+        ("speech/predict?top_k=0", {"audio": "AAAA"}, 422, "invalid_request", "top_k"),
+        (
+            "sentiment/predict?return_probabilities=perhaps", {"text": "hi"}, 422, "invalid_request",
+            "return_probabilities",
+        ),
+    ],
+    ids=[
+        "images-not-list", "top-k-string", "flag-string", "array-body", "null-body", "base64-of-text",
+        "texts-not-list", "texts-null-item", "both-fields", "audio-number", "unknown-field",
+        "base64-of-words", "query-top-k-0", "query-flag",
+    ],
+)
 async def test_json_with_wrong_types_or_fields_is_4xx_naming_them(
     client: httpx.AsyncClient, url: str, body: Any, status: int, code: str, words: str
 ) -> None:
@@ -195,7 +240,9 @@ async def test_json_with_wrong_types_or_fields_is_4xx_naming_them(
 
 
 async def test_text_bodies_that_are_not_utf8_are_400(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/models/sentiment/predict", content=b"caf\xe9", headers={"content-type": "text/plain"})
+    response = await client.post(
+        "/v1/models/sentiment/predict", content=b"caf\xe9", headers={"content-type": "text/plain"}
+    )
     assert "not UTF-8" in error_of(response, 400, "invalid_input")
 
 
@@ -203,17 +250,25 @@ async def test_json_errors_name_the_field(client: httpx.AsyncClient) -> None:
     url = "/v1/models/digits/predict"
     assert "images.0" in error_of(await client.post(url, json={"images": [3]}), 422, "invalid_request")
     assert "exactly one of 'image'" in error_of(await client.post(url, json={}), 422, "invalid_request")
-    assert "top_k" in error_of(await client.post(url, json={"image": "AAAA", "top_k": 0}), 422, "invalid_request")
+    assert "top_k" in error_of(
+        await client.post(url, json={"image": "AAAA", "top_k": 0}), 422, "invalid_request"
+    )
     assert "not valid base64" in error_of(await client.post(url, json={"image": "%%%"}), 400, "invalid_input")
     bad_json = await client.post(url, content=b"{nope", headers={"content-type": "application/json"})
     assert "not valid JSON" in error_of(bad_json, 400, "invalid_input")
 
 
-async def test_a_content_type_the_task_does_not_take_is_415_listing_those_it_does(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/models/digits/predict", content=b"hi", headers={"content-type": "text/plain"})
+async def test_a_content_type_the_task_does_not_take_is_415_listing_those_it_does(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/v1/models/digits/predict", content=b"hi", headers={"content-type": "text/plain"}
+    )
     message = error_of(response, 415, "unsupported_media_type")
     assert "text/plain" in message and "multipart/form-data" in message and "image/png" in message
-    audio = await client.post("/v1/models/speech/predict", content=png(0), headers={"content-type": "image/png"})
+    audio = await client.post(
+        "/v1/models/speech/predict", content=png(0), headers={"content-type": "image/png"}
+    )
     assert "audio/wav" in error_of(audio, 415, "unsupported_media_type")
 
 
@@ -229,7 +284,9 @@ async def test_unknown_models_and_versions_are_404(client: httpx.AsyncClient) ->
 
 
 async def test_a_model_without_a_task_points_to_v2_infer(client: httpx.AsyncClient) -> None:
-    message = error_of(await client.post("/v1/models/plain/predict", json={"text": "x"}), 400, "invalid_input")
+    message = error_of(
+        await client.post("/v1/models/plain/predict", json={"text": "x"}), 400, "invalid_input"
+    )
     assert "no `task` section" in message and "/v2/models/plain/infer" in message
 
 
@@ -255,7 +312,9 @@ async def test_the_example_bodies_in_the_model_list_really_work(client: httpx.As
         if model["task"] is None:
             continue
         tasks.add(model["task"])
-        response = await client.post(model["predict_url"].removeprefix("http://deepserve"), json=model["example_json"])
+        response = await client.post(
+            model["predict_url"].removeprefix("http://deepserve"), json=model["example_json"]
+        )
         assert response.status_code == 200, (model["name"], response.text)
     assert tasks == {"image-classification", "text-classification", "embedding", "speech-recognition",
                      "audio-classification"}
@@ -291,7 +350,9 @@ def text_class(text: str) -> str:
 
 async def test_texts_as_json_or_plain_text_get_their_labels(client: httpx.AsyncClient) -> None:
     texts = ["hello world", "what a lovely day", "good night", "awful"]
-    response = await client.post("/v1/models/sentiment/predict", json={"texts": texts, "return_probabilities": True})
+    response = await client.post(
+        "/v1/models/sentiment/predict", json={"texts": texts, "return_probabilities": True}
+    )
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert [top(p) for p in predictions] == [text_class(t) for t in texts]
@@ -302,13 +363,17 @@ async def test_texts_as_json_or_plain_text_get_their_labels(client: httpx.AsyncC
     assert [x["label"] for x in plain.json()["predictions"][0]["labels"]] == [text_class("good night")]
 
 
-async def test_concurrent_texts_of_different_lengths_are_padded_and_each_right(client: httpx.AsyncClient) -> None:
+async def test_concurrent_texts_of_different_lengths_are_padded_and_each_right(
+    client: httpx.AsyncClient,
+) -> None:
     words = ["hello", "world", "good", "bad", "day", "night", "lovely"]
     rng = np.random.default_rng(5)
     texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 12, size=20)]
 
     async def ask(text: str) -> str:
-        return top((await client.post("/v1/models/sentiment/predict", json={"text": text})).json()["predictions"][0])
+        return top(
+            (await client.post("/v1/models/sentiment/predict", json={"text": text})).json()["predictions"][0]
+        )
 
     assert await asyncio.gather(*(ask(t) for t in texts)) == [text_class(t) for t in texts]
 
@@ -357,8 +422,11 @@ async def test_embeddings_are_mean_pooled_normalised_and_batch_invariant(client:
 
 
 async def test_a_raw_wav_body_is_transcribed_with_timestamps(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/models/speech/predict?return_timestamps=true", content=wav(spell("abc de")),
-                                 headers={"content-type": "audio/wav"})
+    response = await client.post(
+        "/v1/models/speech/predict?return_timestamps=true",
+        content=wav(spell("abc de")),
+        headers={"content-type": "audio/wav"},
+    )
     assert response.status_code == 200, response.text
     prediction = response.json()["predictions"][0]
     assert prediction["text"] == "abc de" and prediction["confidence"] > 0.9
@@ -411,13 +479,18 @@ async def test_concurrent_recordings_of_different_lengths_are_each_right(client:
     (wav(np.zeros((100, 8), dtype=np.float32)), "8 channels; send mono or stereo"),
 ], ids=["not-audio", "empty", "too-long", "nan", "7hz", "8-channels"])
 async def test_bad_recordings_are_400(client: httpx.AsyncClient, data: bytes, words: str) -> None:
-    response = await client.post("/v1/models/speech/predict", content=data, headers={"content-type": "audio/x-wav"})
+    response = await client.post(
+        "/v1/models/speech/predict", content=data, headers={"content-type": "audio/x-wav"}
+    )
     assert words in error_of(response, 400, "invalid_input")
 
 
 async def test_an_oversized_body_is_413_before_decoding(repo: Path, app_client: AppClient) -> None:
     write_speech_model(repo, "speech")
     async with app_client(max_request_bytes=4096, **CPU) as http:
-        response = await http.post("/v1/models/speech/predict", content=wav(np.zeros(16000, dtype=np.float32)),
-                                   headers={"content-type": "audio/wav"})
+        response = await http.post(
+            "/v1/models/speech/predict",
+            content=wav(np.zeros(16000, dtype=np.float32)),
+            headers={"content-type": "audio/wav"},
+        )
         assert "exceeds the limit" in error_of(response, 413, "payload_too_large")

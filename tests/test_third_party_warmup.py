@@ -74,7 +74,9 @@ def test_every_preferred_batch_size_is_warmed_up(tmp_path: Path, caplog: pytest.
     assert "warm-up at batch 4 failed" in caplog.text  # batch 1 passed, then 4 was tried
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="service.runtime.session"):
-        OnnxSession.load(path, config=ModelConfig(max_batch_size=0, preferred_batch_sizes=[4]), providers=[CPU])
+        OnnxSession.load(
+            path, config=ModelConfig(max_batch_size=0, preferred_batch_sizes=[4]), providers=[CPU]
+        )
     assert "warm-up" not in caplog.text  # batching off: batch 1 only
 
 

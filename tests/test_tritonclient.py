@@ -101,7 +101,9 @@ def test_infer_every_datatype(client: httpclient.InferenceServerClient, binary: 
         np.testing.assert_array_equal(got, array, err_msg=datatype)
 
 
-def test_infer_matches_numpy_with_defaults_compression_and_timeout(client: httpclient.InferenceServerClient) -> None:
+def test_infer_matches_numpy_with_defaults_compression_and_timeout(
+    client: httpclient.InferenceServerClient,
+) -> None:
     x = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)
     w, b = classifier_weights()
     item = httpclient.InferInput("x", [4, 4], "FP32")
