@@ -1,4 +1,4 @@
-"""`deepserve serve` / `python -m service`: build Settings, set up logging, run uvicorn.
+"""`deepserve serve` / `python -m service`: build Settings, set up logging, run uvicorn (or granian).
 
 Flags override `DEEPSERVE_*` environment variables, which override defaults. `--build-demo` builds
 the demo model repository with the training package (a subprocess: the service never imports torch)
@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from pydantic import SecretStr
 
 from service.log import setup_logging
 from service.settings import Settings
@@ -35,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder (DEEPSERVE_MODEL_REPOSITORY)")
     serve.add_argument("--host", help="address to listen on (DEEPSERVE_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (DEEPSERVE_PORT)")
-    serve.add_argument("--workers", type=int, help="uvicorn worker processes (DEEPSERVE_WORKERS)")
+    serve.add_argument("--workers", type=int, help="worker processes (DEEPSERVE_WORKERS)")
+    serve.add_argument("--http-server", choices=["uvicorn", "granian"], help="(DEEPSERVE_HTTP_SERVER)")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(DEEPSERVE_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=["text", "json"], help="(DEEPSERVE_LOG_FORMAT)")
     serve.add_argument("--build-demo", action="store_true",
@@ -49,6 +52,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         for key, value in {
             "model_repository": args.model_repository, "host": args.host, "port": args.port,
             "workers": args.workers, "log_level": args.log_level, "log_format": args.log_format,
+            "http_server": args.http_server,
         }.items()
         if value is not None
     }
@@ -75,21 +79,48 @@ def build_demo(repository: Path) -> None:
 def serve(settings: Settings) -> None:
     from service.app import tune_interpreter
 
+    if settings.http_server == "granian":
+        _serve_granian(settings)
+        return
     tune_interpreter()
     config: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": None, "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.shutdown_grace_s, "lifespan": "on", "server_header": False,
     }
     if settings.workers > 1:
-        # Each worker process builds its own app from the same DEEPSERVE_* environment.
-        for key, value in settings.model_dump(mode="json").items():
-            if value is not None:
-                os.environ[f"DEEPSERVE_{key.upper()}"] = value if isinstance(value, str) else _json(value)
+        export_settings(settings)  # each worker process builds its own app from the same environment
         uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **config)
         return
     from service.app import create_app
 
     _Server(uvicorn.Config(create_app(settings), **config)).run()
+
+
+def _serve_granian(settings: Settings) -> None:
+    """granian: a supervisor process and `workers` processes, each running `create_app_from_env`."""
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    export_settings(settings)
+    Granian(
+        "service.app:create_app_from_env", factory=True, interface=Interfaces.ASGI, address=settings.host,
+        port=settings.port, workers=settings.workers, log_access=settings.access_log,
+        log_level=LogLevels(settings.log_level.lower()), workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_s)),
+    ).serve()
+
+
+def export_settings(settings: Settings) -> None:
+    """Write the effective settings back as DEEPSERVE_* variables for worker processes (secrets included:
+    `model_dump` would write SecretStr values as asterisks)."""
+    for key, value in settings.model_dump(mode="python").items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+        os.environ[f"DEEPSERVE_{key.upper()}"] = str(value) if isinstance(value, str | Path) else _json(value)
 
 
 class _Server(uvicorn.Server):
@@ -104,7 +135,7 @@ class _Server(uvicorn.Server):
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return orjson.dumps(value, default=str).decode()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

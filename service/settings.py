@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
     workers: int = Field(1, ge=1)
-    """Uvicorn worker processes (each loads every model; prefer one worker and more `instances`)."""
+    """Server worker processes sharing the port (each loads every model and batches on its own)."""
+    http_server: Literal["uvicorn", "granian"] = "uvicorn"
+    """The HTTP server: uvicorn (Python, httptools), or granian (Rust: HTTP parsing and socket I/O run
+    outside the GIL, in parallel with the event loop; more requests per second under concurrency,
+    slightly more latency one request at a time; see the README's benchmark)."""
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     """Execution-provider preference for models whose config names none. The provider really in
     use is read back from the session and reported per model."""

@@ -104,14 +104,17 @@ def ragged_sum_model() -> onnx.ModelProto:
     return _model(nodes, [x], [s], [axes], name="ragged_sum")
 
 
-def slow_model(width: int = 512, depth: int = 24) -> onnx.ModelProto:
-    """x FP32 [B, width] -> y: `depth` chained MatMul+Tanh layers, slow enough to fill a queue."""
+def slow_model(width: int = 512, depth: int = 24, *, shared: bool = False) -> onnx.ModelProto:
+    """x FP32 [B, width] -> y: `depth` chained MatMul+Tanh layers, slow enough to fill a queue.
+
+    `shared`: every layer uses the same weights, so a deep (slow) model stays a small file."""
     rng = np.random.default_rng(1)
     inits, nodes, prev = [], [], "x"
     for i in range(depth):
-        w = (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"W{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]))
+        if not shared or i == 0:
+            w = (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32)
+            inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, "W0" if shared else f"W{i}"], [f"m{i}"]))
         out = "y" if i == depth - 1 else f"h{i}"
         nodes.append(helper.make_node("Tanh", [f"m{i}"], [out]))
         prev = out
