@@ -53,7 +53,9 @@ def test_server_answers_keeps_credentials_and_drains(repo: Path, tmp_path: Path,
         assert refused.status_code == 401, refused.text
         weights, bias = classifier_weights()
         for _ in range(4 * workers):  # new connections: every worker process answers with the key
-            answer = httpx.post(f"{server.url}/v2/models/clf/infer", json=infer_body(x), headers=auth, timeout=30)
+            answer = httpx.post(
+                f"{server.url}/v2/models/clf/infer", json=infer_body(x), headers=auth, timeout=30
+            )
             assert answer.status_code == 200, answer.text
             np.testing.assert_allclose(logits(answer.json()), x @ weights + bias, rtol=1e-5, atol=1e-5)
 
