@@ -55,7 +55,7 @@ class Sizes:
 
 FULL = Sizes(TrainConfig(epochs=30, batch_size=64, lr=3e-3, weight_decay=1e-5, schedule="onecycle"), 100, 1.0)
 QUICK = Sizes(TrainConfig(epochs=6, batch_size=64, lr=5e-3, weight_decay=1e-5, schedule="onecycle"), 10, 1.0)
-NET = AutoencoderConfig(widths=(16, 32), latent=16)
+NET = AutoencoderConfig(widths=(16, 32), latent=16, bias=False)
 
 
 def scores(net: nn.Module, x: Tensor) -> np.ndarray:
@@ -81,7 +81,8 @@ def anomaly_metrics(normal: np.ndarray, ood: dict[str, np.ndarray], threshold: f
         "tpr_at_threshold": float((everything > threshold).mean()),
     }
     for name, values in ood.items():
-        metrics[f"auroc_{name}"] = float(roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(values))], np.r_[normal, values]))
+        truth = np.r_[np.zeros(len(normal)), np.ones(len(values))]
+        metrics[f"auroc_{name}"] = float(roc_auc_score(truth, np.r_[normal, values]))
         metrics[f"tpr_{name}"] = float((values > threshold).mean())
     return {k: round(v, 4) for k, v in metrics.items()}
 
@@ -99,13 +100,17 @@ class AutoencoderRecipe:
         seed_everything(opts.seed)
         sizes = QUICK if opts.quick else FULL
         if opts.data is not None:
-            raise ValueError("the autoencoder family builds from the built-in digits only (--data is not supported)")
-        data = digits(seed=opts.seed, fonts_per_class=sizes.fonts_per_class, real_fraction=sizes.real_fraction)
+            raise ValueError(
+                "the autoencoder family builds from the built-in digits only (--data is not supported)"
+            )
+        data = digits(seed=opts.seed, fonts_per_class=sizes.fonts_per_class,
+                      real_fraction=sizes.real_fraction)
         real = int(data.source["real_train"])
         order = np.random.default_rng(opts.seed).permutation(real)
         calibration_idx = order[: int(real * CALIBRATION_FRACTION)]
         keep = np.r_[order[int(real * CALIBRATION_FRACTION):], np.arange(real, len(data.train_y))]
-        train_x, calibration_x = data.train_x[torch.as_tensor(keep)], data.train_x[torch.as_tensor(calibration_idx)]
+        train_x = data.train_x[torch.as_tensor(keep)]
+        calibration_x = data.train_x[torch.as_tensor(calibration_idx)]
         cfg = sizes.train
         if opts.epochs is not None:
             cfg = TrainConfig(**{**asdict(cfg), "epochs": opts.epochs})
@@ -119,8 +124,10 @@ class AutoencoderRecipe:
 
         threshold = calibrate(scores(net, calibration_x), FALSE_POSITIVE_RATE)
         normal = data.test_x
-        ood = {k: torch.from_numpy(v).unsqueeze(1) for k, v in ood_sets(normal=normal.squeeze(1).numpy(), seed=opts.seed).items()}
-        metrics: dict[str, float] = anomaly_metrics(scores(net, normal), {k: scores(net, v) for k, v in ood.items()}, threshold)
+        made = ood_sets(normal=normal.squeeze(1).numpy(), seed=opts.seed)
+        ood = {k: torch.from_numpy(v).unsqueeze(1) for k, v in made.items()}
+        ood_scores = {k: scores(net, v) for k, v in ood.items()}
+        metrics: dict[str, float] = anomaly_metrics(scores(net, normal), ood_scores, threshold)
         metrics["threshold"] = round(threshold, 6)
         metrics["heldout_size"] = float(len(normal))
         with tempfile.TemporaryDirectory(prefix="deepserve-autoencoder-") as tmp:
@@ -131,7 +138,8 @@ class AutoencoderRecipe:
             parity = check_parity(net, onnx_path, cases, input_names=[INPUT], atol=PARITY_ATOL)
             provenance = {
                 "family": self.name,
-                "data": {**data.source, "calibration": f"{len(calibration_x)} real train-split digits kept out of training",
+                "data": {**data.source,
+                         "calibration": f"{len(calibration_x)} real train-split digits kept out of training",
                          "ood_sets": {k: f"{len(v)} images" for k, v in ood.items()}},
                 "seed": opts.seed,
                 "quick": opts.quick,
