@@ -27,8 +27,9 @@ OPSET = 17
 CPU: dict[str, Any] = {"providers": ["CPUExecutionProvider"]}
 
 
-def _finish(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-            inits: list[onnx.TensorProto], name: str) -> onnx.ModelProto:
+def _finish(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+            outputs: list[onnx.ValueInfoProto], inits: list[onnx.TensorProto],
+            name: str) -> onnx.ModelProto:
     model = helper.make_model(helper.make_graph(nodes, name, inputs, outputs, initializer=inits),
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
@@ -39,7 +40,8 @@ def _finish(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outp
 def halving_autoencoder(out_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
     """reconstruction = image / 2; with `out_shape` ([B, ...] reshaped) a broken one of another shape."""
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])
-    y = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["batch", 1, 28, 28] if out_shape is None else ["batch", 1, 784])
+    y_shape = ["batch", 1, 28, 28] if out_shape is None else ["batch", 1, 784]
+    y = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, y_shape)
     inits = [numpy_helper.from_array(np.asarray(0.5, dtype=np.float32), "half")]
     nodes = [helper.make_node("Mul", ["image", "half"], ["half_image" if out_shape else "reconstruction"])]
     if out_shape:
@@ -76,7 +78,8 @@ def autoencoder_config(**task: Any) -> dict[str, Any]:
 
 
 def generator_config(conditional: bool = True, **task: Any) -> dict[str, Any]:
-    section: dict[str, Any] = {"type": "image-generation", "noise_dim": 16, "output": "image", "max_count": 12}
+    section: dict[str, Any] = {"type": "image-generation", "noise_dim": 16, "output": "image",
+                               "max_count": 12}
     if conditional:
         section["labels"] = ["zero", "one", "two"]
     else:
@@ -114,8 +117,10 @@ async def test_anomaly_score_is_the_reconstruction_error(app_client: AppClient, 
     square = np.full((28, 28), 255)
     square[4:24, 4:24] = 0  # a dark square on paper: 400 of 784 pixels light after inversion
     async with app_client(**CPU) as client:
-        blank = await client.post("/v1/models/ae/predict", content=white, headers={"Content-Type": "image/png"})
-        marked = await client.post("/v1/models/ae/predict", files=[("file", ("s.png", png(square), "image/png"))])
+        blank = await client.post("/v1/models/ae/predict", content=white,
+                                  headers={"Content-Type": "image/png"})
+        marked = await client.post("/v1/models/ae/predict",
+                                   files=[("file", ("s.png", png(square), "image/png"))])
     assert blank.status_code == 200, blank.text
     body = blank.json()
     assert body["task"] == "anomaly-detection" and body["false_positive_rate"] == 0.01
@@ -131,12 +136,15 @@ async def test_anomaly_reconstruction_pictures(app_client: AppClient, family_rep
     body = {"images": [base64.b64encode(png(pixels)).decode()] * 2, "return_reconstruction": True}
     async with app_client(**CPU) as client:
         response = await client.post("/v1/models/ae/predict", json=body)
-        plain = await client.post("/v1/models/ae/predict?return_reconstruction=false", json={"image": body["images"][0]})
-        form = await client.post("/v1/models/ae/predict", files=[("file", ("a.png", png(pixels), "image/png"))],
+        plain = await client.post("/v1/models/ae/predict?return_reconstruction=false",
+                                  json={"image": body["images"][0]})
+        form = await client.post("/v1/models/ae/predict",
+                                 files=[("file", ("a.png", png(pixels), "image/png"))],
                                  data={"return_reconstruction": "true"})
     assert response.status_code == 200, response.text
     first = response.json()["predictions"][0]
-    seen, rebuilt, error = decode_png(first["input"]), decode_png(first["reconstruction"]), decode_png(first["error_map"])
+    seen, rebuilt = decode_png(first["input"]), decode_png(first["reconstruction"])
+    error = decode_png(first["error_map"])
     assert seen.shape == rebuilt.shape == (28, 28) and error.shape == (28, 28, 3)
     assert seen[14, 14] == 255 and seen[0, 0] == 0, "as the model saw it: inverted, strokes light"
     assert rebuilt[14, 14] == 128 and rebuilt[0, 0] == 0, "the halving model's reconstruction"
@@ -145,15 +153,18 @@ async def test_anomaly_reconstruction_pictures(app_client: AppClient, family_rep
     assert "error_map" in form.json()["predictions"][0]
 
 
-async def test_anomaly_output_of_another_shape_is_refused_at_load(app_client: AppClient, family_repo: Path) -> None:
-    """A model that is no autoencoder is found at load: UNAVAILABLE naming both shapes, and predict is a 503."""
+async def test_anomaly_output_of_another_shape_is_refused_at_load(app_client: AppClient,
+                                                                  family_repo: Path) -> None:
+    """A model that is no autoencoder is found at load: UNAVAILABLE naming both shapes, and predict is a
+    503."""
     async with app_client(**CPU) as client:
         meta = (await client.get("/v2/models/broken_ae")).json()
         response = await client.post("/v1/models/broken_ae/predict", content=png(np.zeros((28, 28))),
                                      headers={"Content-Type": "image/png"})
         healthy = (await client.get("/v2/models/ae/ready")).status_code
     assert meta["parameters"]["state"] == "UNAVAILABLE", meta
-    assert "[-1, 1, 784]" in meta["parameters"]["error"] and "input's shape" in meta["parameters"]["error"], meta
+    error = meta["parameters"]["error"]
+    assert "[-1, 1, 784]" in error and "input's shape" in error, meta
     assert response.status_code == 503 and response.json()["code"] == "model_not_ready", response.text
     assert healthy == 200
 
@@ -166,8 +177,8 @@ async def test_anomaly_output_of_another_shape_is_refused_at_load(app_client: Ap
     (b'{"image": "!!"}', {"Content-Type": "application/json"}, 400, "base64"),
     (b'{"image": "AA==", "top_k": 3}', {"Content-Type": "application/json"}, 422, "top_k"),
 ])
-async def test_anomaly_bad_input(app_client: AppClient, family_repo: Path, body: bytes, headers: dict[str, str],
-                                 status: int, words: str) -> None:
+async def test_anomaly_bad_input(app_client: AppClient, family_repo: Path, body: bytes,
+                                 headers: dict[str, str], status: int, words: str) -> None:
     async with app_client(**CPU) as client:
         response = await client.post("/v1/models/ae/predict", content=body, headers=headers)
     assert response.status_code == status, response.text
@@ -203,7 +214,8 @@ async def test_generation_same_seed_same_images(app_client: AppClient, family_re
     assert images[0].mean() > images[2].mean(), "class 2 is brighter than class 0 in this model"
 
 
-async def test_generation_defaults_every_class_and_a_returned_seed(app_client: AppClient, family_repo: Path) -> None:
+async def test_generation_defaults_every_class_and_a_returned_seed(app_client: AppClient,
+                                                                   family_repo: Path) -> None:
     async with app_client(**CPU) as client:
         response = await client.post("/v1/models/gen/predict", json={})
         seed = response.json()["seed"]
@@ -258,8 +270,8 @@ async def test_generation_goes_through_the_batcher(app_client: AppClient, family
     ("plain_gen", {"labels": [1]}, 400, "unconditional"),
     ("plain_gen", {"count": 13}, 400, "at most 12"),
 ])
-async def test_generation_bad_requests(app_client: AppClient, family_repo: Path, model: str, body: dict[str, Any],
-                                       status: int, words: str) -> None:
+async def test_generation_bad_requests(app_client: AppClient, family_repo: Path, model: str,
+                                       body: dict[str, Any], status: int, words: str) -> None:
     async with app_client(**CPU) as client:
         response = await client.post(f"/v1/models/{model}/predict", json=body)
     assert response.status_code == status, response.text

@@ -21,7 +21,8 @@ from service.types import FloatArray
 
 
 def check_shape(inputs: FloatArray, outputs: FloatArray, model_name: str, output_name: str) -> None:
-    """The reconstruction must have the input's shape (an autoencoder); else a server-side error naming both."""
+    """The reconstruction must have the input's shape (an autoencoder); else a server-side error naming
+    both."""
     if outputs.shape != inputs.shape:
         raise InferenceFailed(
             f"model '{model_name}' output '{output_name}' has shape {list(outputs.shape)} but its input has "
@@ -49,7 +50,10 @@ def to_pixels(item: FloatArray, task: AnomalyDetectionTask) -> npt.NDArray[np.fl
 def png_base64(pixels: npt.NDArray[np.float32]) -> str:
     """(H, W, 1) or (H, W, 3) in [0, 1] -> base64 PNG (grayscale or RGB)."""
     data = (pixels * 255.0 + 0.5).astype(np.uint8)
-    image = Image.fromarray(data[:, :, 0], mode="L") if data.shape[2] == 1 else Image.fromarray(data, mode="RGB")
+    if data.shape[2] == 1:
+        image = Image.fromarray(data[:, :, 0], mode="L")
+    else:
+        image = Image.fromarray(data, mode="RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -58,11 +62,13 @@ def png_base64(pixels: npt.NDArray[np.float32]) -> str:
 def heat(error: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """(H, W) absolute error in [0, 1] -> (H, W, 3) "hot" colours: black, red, yellow, white."""
     v = np.clip(error, 0.0, 1.0)[:, :, None] * 3.0
-    colours: npt.NDArray[np.float32] = np.clip(np.concatenate([v, v - 1.0, v - 2.0], axis=2), 0.0, 1.0).astype(np.float32)
+    ramps = np.concatenate([v, v - 1.0, v - 2.0], axis=2)  # (H, W, 1) -> (H, W, 3): red, green, blue
+    colours: npt.NDArray[np.float32] = np.clip(ramps, 0.0, 1.0).astype(np.float32)
     return colours
 
 
-def pictures(inputs: FloatArray, outputs: FloatArray, task: AnomalyDetectionTask) -> list[tuple[str, str, str]]:
+def pictures(inputs: FloatArray, outputs: FloatArray,
+             task: AnomalyDetectionTask) -> list[tuple[str, str, str]]:
     """Per item: (input, reconstruction, error map) as base64 PNGs."""
     out = []
     for x, r in zip(inputs, outputs, strict=True):

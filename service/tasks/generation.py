@@ -40,13 +40,16 @@ class Plan:
     columns: int
 
 
-def plan(task: ImageGenerationTask, request: GenerationRequest, *, model_name: str, max_batch_size: int | None) -> Plan:
-    """Validate the request against the model and draw its noise; raises InvalidInput saying what is accepted."""
+def plan(task: ImageGenerationTask, request: GenerationRequest, *, model_name: str,
+         max_batch_size: int | None) -> Plan:
+    """Validate the request against the model and draw its noise; raises InvalidInput saying what is
+    accepted."""
     names = task.labels
     if task.label_input is None:
         if request.labels is not None:
             raise InvalidInput(
-                f"model '{model_name}' is an unconditional generator: it takes no 'labels'; send only 'count' and 'seed'"
+                f"model '{model_name}' is an unconditional generator: it takes no 'labels'; "
+                "send only 'count' and 'seed'"
             )
         indices: list[int] | None = None
     else:
@@ -79,21 +82,26 @@ def _class_index(label: int | str, names: list[str], model_name: str) -> int:
     if label in names:
         return names.index(label)
     raise InvalidInput(
-        f"label '{label[:40]}' is not a class of model '{model_name}'; its classes are {', '.join(names[:20])} "
+        f"label '{label[:40]}' is not a class of model '{model_name}'; "
+        f"its classes are {', '.join(names[:20])} "
         f"(by name) or 0 to {len(names) - 1} (by index)"
     )
 
 
-def to_images(output: FloatArray, task: ImageGenerationTask, *, items: int, model_name: str) -> list[npt.NDArray[np.uint8]]:
+def to_images(output: FloatArray, task: ImageGenerationTask, *, items: int,
+              model_name: str) -> list[npt.NDArray[np.uint8]]:
     """The generator's output -> one uint8 (H, W) or (H, W, 3) image per item, mapped from `value_range`."""
     if output.ndim != 4 or output.shape[0] != items:
         raise InferenceFailed(
-            f"model '{model_name}' output '{task.output}' has shape {list(output.shape)}; image-generation needs "
+            f"model '{model_name}' output '{task.output}' has shape {list(output.shape)}; "
+            "image-generation needs "
             f"[{items}, channels, height, width] ({task.layout})"
         )
     hwc = output.transpose(0, 2, 3, 1) if task.layout == "NCHW" else output
     if hwc.shape[3] not in (1, 3):
-        raise InferenceFailed(f"model '{model_name}' draws {hwc.shape[3]} channels; image-generation takes 1 or 3")
+        raise InferenceFailed(
+            f"model '{model_name}' draws {hwc.shape[3]} channels; image-generation takes 1 or 3"
+        )
     lo, hi = task.value_range
     pixels = np.clip((hwc.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
     if task.invert:
