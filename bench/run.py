@@ -66,7 +66,8 @@ class Raw:
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as deepserve's default
             self.sessions[model.name] = ort.InferenceSession(
-                str(self.repo / model.name / "1" / "model.onnx"), sess_options=options, providers=self.providers)
+                str(self.repo / model.name / "1" / "model.onnx"), sess_options=options,
+                providers=self.providers)
         return self.sessions[model.name]
 
     def items_per_s(self, model: BenchModel, batch: int, seconds: float) -> float:
@@ -88,8 +89,10 @@ Body = tuple[bytes, str, str | None]  # body, content type, Inference-Header-Con
 
 
 def json_body(model: BenchModel) -> Body:
-    inputs = [{"name": name, "shape": list(a.shape), "datatype": model.inputs[name][1], "data": a.ravel().tolist()}
-              for name, a in model.example(1).items()]
+    inputs = [
+        {"name": name, "shape": list(a.shape), "datatype": model.inputs[name][1], "data": a.ravel().tolist()}
+        for name, a in model.example(1).items()
+    ]
     return json.dumps({"inputs": inputs}).encode(), "application/json", None
 
 
@@ -100,7 +103,8 @@ def binary_body(model: BenchModel, batch: int = 1) -> Body:
                     "parameters": {"binary_data_size": a.nbytes}} for name, a in arrays.items()],
         "outputs": [{"name": model.output, "parameters": {"binary_data": True}}],
     }).encode()
-    return header + b"".join(a.tobytes() for a in arrays.values()), "application/octet-stream", str(len(header))
+    payload = header + b"".join(a.tobytes() for a in arrays.values())
+    return payload, "application/octet-stream", str(len(header))
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
@@ -144,7 +148,8 @@ def wait_model(url: str, name: str, process: subprocess.Popen[bytes], timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server at {url} exited with {process.returncode} before {name} was ready")
+            raise RuntimeError(
+                f"the server at {url} exited with {process.returncode} before {name} was ready")
         with contextlib.suppress(OSError):
             if urllib.request.urlopen(f"{url}/v2/models/{name}/ready", timeout=2).status == 200:
                 return
@@ -156,12 +161,14 @@ def wait_model(url: str, name: str, process: subprocess.Popen[bytes], timeout: f
 def pytriton(repo: Path, log_dir: Path, models: list[str]) -> Iterator[str | None]:
     """The PyTriton peer on PYTRITON_PORT, or None (with the reason on stderr) when it cannot start."""
     if not PYTRITON_PYTHON.exists():
-        print(f"PyTriton peer skipped: {PYTRITON_PYTHON} is missing; run bench/setup_pytriton.sh", file=sys.stderr)
+        print(f"PyTriton peer skipped: {PYTRITON_PYTHON} is missing; run bench/setup_pytriton.sh",
+              file=sys.stderr)
         yield None
         return
     port_free(PYTRITON_PORT)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    library_path = os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
+    env = {**os.environ, "LD_LIBRARY_PATH": library_path}
     log = (log_dir / "pytriton.log").open("wb")
     process = subprocess.Popen([str(PYTRITON_PYTHON), str(HERE / "triton_peer.py"), str(repo),
                                 "--port", str(PYTRITON_PORT), "--threads", str(THREADS)],
@@ -293,8 +300,8 @@ def table(rows: list[Row], servers: list[str], sweeps: dict[str, dict[int, float
     lines.append("")
     for name, by_batch in sweeps.items():
         best = max(by_batch, key=lambda b: by_batch[b])
-        lines.append(f"raw ONNX Runtime {name} (sweep at start): best {by_batch[best]:.0f} items/s at batch {best} ("
-                     + ", ".join(f"b{b}: {v:.0f}" for b, v in by_batch.items()) + ")")
+        lines.append(f"raw ONNX Runtime {name} (sweep at start): best {by_batch[best]:.0f} items/s "
+                     f"at batch {best} (" + ", ".join(f"b{b}: {v:.0f}" for b, v in by_batch.items()) + ")")
     return "\n".join(lines)
 
 
@@ -302,12 +309,15 @@ def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}x" if theirs > 0 else "-"
 
 
-def targets(rows: list[Row]) -> str:
-    """The issue's targets, each met or not, from this run's rows."""
+def targets(rows: list[Row], ours: list[str]) -> str:
+    """The issue's targets, met or not, from this run's rows: one column per deepserve configuration."""
     def find(model: str, body: str, c: int) -> Row | None:
         return next((r for r in rows if (r.model, r.body, r.concurrency) == (model, body, c)), None)
 
-    out = ["| target | this run | |", "|---|---|---|"]
+    out = ["| target | " + " | ".join(ours) + " |", "|---|" + "---|" * len(ours)]
+
+    def verdict(value: float, ok: bool, fmt: str) -> str:
+        return fmt.format(value) + (" met" if ok else " **not met**")
 
     def ratio(model: str, body: str, c: int, need: float, label: str) -> None:
         row = find(model, body, c)
@@ -315,30 +325,33 @@ def targets(rows: list[Row]) -> str:
             return
         theirs = row.mean("pytriton", "rps")
         if theirs <= 0:
-            out.append(f"| {label} | PyTriton finished no request | - |")
+            out.append(f"| {label} | " + " | ".join("PyTriton finished no request" for _ in ours) + " |")
             return
-        value = row.mean("deepserve", "rps") / theirs
-        out.append(f"| {label} | {value:.2f}x | {'met' if value >= need else '**not met**'} |")
+        cells = [verdict(row.mean(s, "rps") / theirs, row.mean(s, "rps") / theirs >= need, "{:.2f}x")
+                 for s in ours]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
 
     ratio("small", "json", 64, 2.0, "small CNN, JSON, c=64: ≥ 2x PyTriton")
     ratio("small", "binary", 64, 2.0, "small CNN, binary, c=64: ≥ 2x PyTriton")
     ratio("resnet18", "json", 64, 1.2, "ResNet-18, JSON, c=64: ≥ 1.2x PyTriton")
     row = find("resnet18", "json", 64)
-    if row and row.mean("deepserve", "p50_ms") > 0:
-        tail = row.mean("deepserve", "p99_ms") / row.mean("deepserve", "p50_ms")
-        out.append(f"| ResNet-18, JSON, c=64: p99 ≤ 2x p50 | p99/p50 = {tail:.2f} | "
-                   f"{'met' if tail <= 2 else '**not met**'} |")
-    best = max((r for r in rows if (r.model, r.body) == ("resnet18", "binary")),
-               key=lambda r: r.mean("deepserve", "rps"), default=None)
-    if best:
-        share = best.mean("deepserve", "rps") / statistics.fmean(best.raw)
-        out.append(f"| ResNet-18, binary: ≥ 90% of raw best batch | {100 * share:.0f}% (c={best.concurrency}) | "
-                   f"{'met' if share >= 0.9 else '**not met**'} |")
+    if row:
+        tails = [row.mean(s, "p99_ms") / max(row.mean(s, "p50_ms"), 1e-9) for s in ours]
+        out.append("| ResNet-18, JSON, c=64: p99 ≤ 2x p50 | "
+                   + " | ".join(verdict(t, t <= 2, "p99/p50 {:.2f}") for t in tails) + " |")
+    binary = [r for r in rows if (r.model, r.body) == ("resnet18", "binary")]
+    if binary:
+        cells = []
+        for s in ours:
+            best = max(binary, key=lambda r: r.mean(s, "rps"))
+            share = best.mean(s, "rps") / statistics.fmean(best.raw)
+            cells.append(verdict(100 * share, share >= 0.9, "{:.0f}%") + f" (c={best.concurrency})")
+        out.append("| ResNet-18, binary: ≥ 90% of raw best batch | " + " | ".join(cells) + " |")
     ratio("speech", "binary", 64, 1.5, "speech, binary, c=64: ≥ 1.5x PyTriton")
     row = find("small", "binary", 1)
     if row:
-        p50 = row.mean("deepserve", "p50_ms")
-        out.append(f"| small CNN, binary, c=1: p50 ≤ 1 ms | {p50:.2f} ms | {'met' if p50 <= 1 else '**not met**'} |")
+        out.append("| small CNN, binary, c=1: p50 ≤ 1 ms | " + " | ".join(
+            verdict(row.mean(s, "p50_ms"), row.mean(s, "p50_ms") <= 1, "{:.2f} ms") for s in ours) + " |")
     return "\n".join(out)
 
 
@@ -368,17 +381,19 @@ def speed(args: argparse.Namespace) -> None:
         print("servers: " + ", ".join(f"{k} {v}" for k, v in urls.items()), flush=True)
         for model in models:
             best = max(sweeps[model.name], key=lambda b: sweeps[model.name][b])
-            levels = [int(c) for c in overrides[model.name].split(",")] if model.name in overrides else args.concurrency
+            levels = ([int(c) for c in overrides[model.name].split(",")] if model.name in overrides
+                      else args.concurrency)
             for body_kind in args.bodies:
                 for c in levels:
                     rows.append(run_row(model, body_kind, c, urls, raw, best, args.repeats, args.seconds))
         servers = list(urls)
-    report = table(rows, servers, sweeps) + "\n\n" + targets(rows)
+    report = table(rows, servers, sweeps) + "\n\n" + targets(rows, [s for s in servers if s != "pytriton"])
     print("\n" + report)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "speed.md").write_text(report + "\n")
-    (out / "speed.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "raw_sweeps": sweeps}, indent=2))
+    (out / "speed.json").write_text(
+        json.dumps({"rows": [asdict(r) for r in rows], "raw_sweeps": sweeps}, indent=2))
 
 
 # ---- CPU per request: what a code change costs, robust to a shared machine --------------------------
@@ -437,13 +452,16 @@ def gpu(args: argparse.Namespace) -> None:
     providers = GPU_PROVIDERS if not args.allow_cpu else ["CPUExecutionProvider"]
     for name in ("resnet18", "bert"):
         (repo / name / "config.yaml").write_text(
-            f"max_batch_size: 32\nmax_queue_delay_ms: 2\nmax_queue_size: 2048\nproviders: {json.dumps(providers)}\n")
+            "max_batch_size: 32\nmax_queue_delay_ms: 2\nmax_queue_size: 2048\n"
+            f"providers: {json.dumps(providers)}\n")
     raw = Raw(repo, providers)
     in_use = raw.session(MODELS["resnet18"]).get_providers()[0]
     if in_use != providers[0]:
-        raise SystemExit(f"ONNX Runtime runs on {in_use} here, not {providers[0]}: no usable GPU (see its log above)")
+        raise SystemExit(
+            f"ONNX Runtime runs on {in_use} here, not {providers[0]}: no usable GPU (see its log above)")
     lines = [f"GPU run: {in_use}; {args.repeats} x {args.seconds:g} s per cell", "",
-             "| model | items/request | c | deepserve items/s | p50 / p99 ms | raw items/s at that batch | % of raw |",
+             "| model | items/request | c | deepserve items/s | p50 / p99 ms "
+             "| raw items/s at that batch | % of raw |",
              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as logs, deepserve(repo, Path(logs), DEEPSERVE_PORT, {}) as url:
         for name in ("resnet18", "bert"):
@@ -457,10 +475,12 @@ def gpu(args: argparse.Namespace) -> None:
                 target = f"{url}/v2/models/{name}/infer"
                 for c in args.concurrency:
                     wrk(target, body, concurrency=c, seconds=1)
-                    runs = [wrk(target, body, concurrency=c, seconds=args.seconds) for _ in range(args.repeats)]
+                    runs = [wrk(target, body, concurrency=c, seconds=args.seconds)
+                            for _ in range(args.repeats)]
                     rate = statistics.fmean(r.rps for r in runs) * batch
-                    line = (f"| {name} | {batch} | {c} | {rate:.0f}" + (f" ({sum(r.errors for r in runs)} err)"
-                            if any(r.errors for r in runs) else "") + f" | {statistics.fmean(r.p50_ms for r in runs):.2f}"
+                    line = (f"| {name} | {batch} | {c} | {rate:.0f}"
+                            + (f" ({sum(r.errors for r in runs)} err)" if any(r.errors for r in runs) else "")
+                            + f" | {statistics.fmean(r.p50_ms for r in runs):.2f}"
                             f" / {statistics.fmean(r.p99_ms for r in runs):.2f} | {raw_rate:.0f} | "
                             f"{100 * rate / raw_rate:.0f}% |")
                     print(line, flush=True)
@@ -488,7 +508,8 @@ def memory(args: argparse.Namespace) -> None:
         time.sleep(2)
         idle = rss_mib(server.process.pid)
         models = sorted({p.parent.parent.name for p in repo.glob("*/*/model.onnx")})
-        print(f"idle RSS with {len(models)} models of {repo} loaded ({', '.join(models)}): {idle:.0f} MiB", flush=True)
+        print(f"idle RSS with {len(models)} models of {repo} loaded ({', '.join(models)}): {idle:.0f} MiB",
+              flush=True)
         result: dict[str, object] = {"models": models, "idle_rss_mib": idle}
         if args.soak:
             meta = json.loads(urllib.request.urlopen(f"{server.url}/v2/models/{args.soak_model}").read())
@@ -519,24 +540,33 @@ def memory(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--bodies", nargs="+", default=["json", "binary"], choices=["json", "binary"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=DEFAULT_CONCURRENCY)
     parser.add_argument("--model-concurrency", nargs="*", default=["resnet18=8,64"], metavar="MODEL=C1,C2",
-                        help="concurrency levels for one model instead of --concurrency (default: resnet18=8,64)")
+                        help="concurrency levels for one model instead of --concurrency "
+                             "(default: resnet18=8,64)")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per row (means are reported)")
-    parser.add_argument("--sweep-seconds", type=float, default=1.5, help="seconds per raw batch size in the sweep")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved runs per row (means are reported)")
+    parser.add_argument("--sweep-seconds", type=float, default=1.5,
+                        help="seconds per raw batch size in the sweep")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=V[,ENV=V]",
                         help="also run deepserve with these DEEPSERVE_* settings as column NAME")
     parser.add_argument("--no-pytriton", action="store_true", help="leave the PyTriton peer out")
-    parser.add_argument("--cost", action="store_true", help="server CPU time per request instead of the table")
-    parser.add_argument("--gpu", action="store_true", help="the CUDA run of bench/gpu.sh instead of the CPU table")
-    parser.add_argument("--allow-cpu", action="store_true", help="with --gpu: run on CPU (checks the script only)")
-    parser.add_argument("--rss", metavar="REPO", help="measure the server's RSS serving REPO instead of speed")
+    parser.add_argument("--cost", action="store_true",
+                        help="server CPU time per request instead of the table")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the CUDA run of bench/gpu.sh instead of the CPU table")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="with --gpu: run on CPU (checks the script only)")
+    parser.add_argument("--rss", metavar="REPO",
+                        help="measure the server's RSS serving REPO instead of speed")
     parser.add_argument("--soak", type=float, default=0, help="with --rss: seconds of load (wrk, c=32)")
-    parser.add_argument("--soak-model", default="mlp", help="with --soak: model in REPO to load (1x28x28 input)")
+    parser.add_argument("--soak-model", default="mlp",
+                        help="with --soak: model in REPO to load (1x28x28 input)")
     args = parser.parse_args()
     if args.cost:
         cost(args)

@@ -46,12 +46,16 @@ def tensors(args: list[Any]) -> list[Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", type=Path)
-    parser.add_argument("--port", type=int, default=58100, help="HTTP port; gRPC and metrics use the next two")
+    parser.add_argument("--port", type=int, default=58100,
+                        help="HTTP port; gRPC and metrics use the next two")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--spinning", action="store_true", help="let ORT's intra-op threads spin (ORT's default)")
-    parser.add_argument("--delay-us", type=int, default=2000, help="DynamicBatcher max_queue_delay_microseconds")
+    parser.add_argument("--spinning", action="store_true",
+                        help="let ORT's intra-op threads spin (ORT's default)")
+    parser.add_argument("--delay-us", type=int, default=2000,
+                        help="DynamicBatcher max_queue_delay_microseconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",

@@ -34,15 +34,18 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve a model repository over HTTP")
-    serve.add_argument("--model-repository", type=Path, help="model repository folder (DEEPSERVE_MODEL_REPOSITORY)")
+    serve.add_argument("--model-repository", type=Path,
+                       help="model repository folder (DEEPSERVE_MODEL_REPOSITORY)")
     serve.add_argument("--host", help="address to listen on (DEEPSERVE_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (DEEPSERVE_PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (DEEPSERVE_WORKERS)")
     serve.add_argument("--http-server", choices=["uvicorn", "granian"], help="(DEEPSERVE_HTTP_SERVER)")
-    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(DEEPSERVE_LOG_LEVEL)")
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="(DEEPSERVE_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=["text", "json"], help="(DEEPSERVE_LOG_FORMAT)")
     serve.add_argument("--build-demo", action="store_true",
-                       help="build the demo models into the repository first if it holds none (needs the train extra)")
+                       help="build the demo models into the repository first if it holds none "
+                            "(needs the train extra)")
     return parser
 
 
@@ -70,8 +73,10 @@ def build_demo(repository: Path) -> None:
         return
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("models") is None:
         raise SystemExit("--build-demo needs the training package: pip install -e '.[train]'")
-    logger.info("building the demo models into %s (a few minutes on a CPU; later starts reuse them)", repository)
-    result = subprocess.run([sys.executable, "-m", "models.cli", "build", "--out", str(repository)], check=False)
+    logger.info("building the demo models into %s (a few minutes on a CPU; later starts reuse them)",
+                repository)
+    result = subprocess.run([sys.executable, "-m", "models.cli", "build", "--out", str(repository)],
+                            check=False)
     if result.returncode != 0 and not has_models(repository):
         raise SystemExit(f"building the demo models failed (exit {result.returncode})")
 
@@ -106,7 +111,8 @@ def _serve_granian(settings: Settings) -> None:
     Granian(
         "service.app:create_app_from_env", factory=True, interface=Interfaces.ASGI, address=settings.host,
         port=settings.port, workers=settings.workers, log_access=settings.access_log,
-        log_level=LogLevels(settings.log_level.lower()), workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_s)),
+        log_level=LogLevels(settings.log_level.lower()),
+        workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_s)),
     ).serve()
 
 

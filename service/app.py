@@ -77,7 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     if settings.infer_fast_path:
         app.add_middleware(InferFastPath)  # innermost: ids, credentials and the body limit apply to it
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.request_body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       timeout_s=settings.request_body_timeout_s)
     access = credentials(settings)
     app.add_middleware(AccessControl, credentials=access)  # before any body is read
     declare_in_openapi(app, access)
@@ -98,7 +99,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         @app.get("/metrics", include_in_schema=True, tags=["monitoring"], response_class=Response,
                  summary="Prometheus metrics",
-                 responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}})
+                 responses={200: {"description": "Prometheus text format",
+                                  "content": {CONTENT_TYPE_LATEST: {}}}})
         def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

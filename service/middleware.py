@@ -100,8 +100,9 @@ class BodyLimit:
                         message = await receive()
                 except TimeoutError:
                     raise _TooSlow(
-                        f"the request body did not arrive within {self.timeout_s:g} s ({seen} bytes came); send it "
-                        "at once, or raise DEEPSERVE_REQUEST_BODY_TIMEOUT_S", headers={"Connection": "close"}
+                        f"the request body did not arrive within {self.timeout_s:g} s ({seen} bytes came); "
+                        "send it at once, or raise DEEPSERVE_REQUEST_BODY_TIMEOUT_S",
+                        headers={"Connection": "close"},
                     ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))

@@ -91,8 +91,8 @@ def read_keys_file(path: Path) -> list[str]:
     short = [i for i, key in enumerate(keys) if len(key) < MIN_SECRET_LENGTH]
     if short:
         raise ValueError(
-            f"DEEPSERVE_API_KEYS_FILE {path}: key #{short[0] + 1} is shorter than {MIN_SECRET_LENGTH} characters; "
-            "use long random keys (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            f"DEEPSERVE_API_KEYS_FILE {path}: key #{short[0] + 1} is shorter than {MIN_SECRET_LENGTH} "
+            "characters; use long random keys (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return keys
 
@@ -158,17 +158,20 @@ class AccessControl:
         token = bearer_token(scope)
         if is_admin_path(path):
             if creds.admin is None:
-                await _refuse(send, 403, "the repository API is closed: API keys are set but DEEPSERVE_ADMIN_TOKEN "
-                                         "is not; set an admin token to load and unload models", "forbidden")
+                await _refuse(send, 403, "the repository API is closed: API keys are set but "
+                                         "DEEPSERVE_ADMIN_TOKEN is not; set an admin token to load and "
+                                         "unload models", "forbidden")
                 return
             allowed = token is not None and creds.is_admin(token)
-            what = "the repository API needs the admin token: send 'Authorization: Bearer <DEEPSERVE_ADMIN_TOKEN>'"
+            what = ("the repository API needs the admin token: "
+                    "send 'Authorization: Bearer <DEEPSERVE_ADMIN_TOKEN>'")
         else:
             if not creds.keys:
                 await self.app(scope, receive, send)  # only an admin token is set: inference stays open
                 return
             allowed = token is not None and (creds.is_key(token) or creds.is_admin(token))
-            what = "this route needs an API key: send 'Authorization: Bearer <key>' (a key of DEEPSERVE_API_KEYS)"
+            what = ("this route needs an API key: send 'Authorization: Bearer <key>' "
+                    "(a key of DEEPSERVE_API_KEYS)")
         if allowed:
             await self.app(scope, receive, send)
             return
@@ -190,7 +193,8 @@ def declare_in_openapi(app: FastAPI, credentials: Credentials) -> None:
         schema = build()
         schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
         schemes["bearer"] = {"type": "http", "scheme": "bearer",
-                             "description": "An API key (DEEPSERVE_API_KEYS), or the admin token for /v2/repository"}
+                             "description": "An API key (DEEPSERVE_API_KEYS), or the admin token for "
+                                            "/v2/repository"}
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
                 if is_open(method.upper(), path) or not isinstance(operation, dict):
@@ -198,7 +202,9 @@ def declare_in_openapi(app: FastAPI, credentials: Credentials) -> None:
                 operation["security"] = [{"bearer": []}]
                 operation.setdefault("responses", {})["401"] = {
                     "description": "Missing or invalid bearer token (`WWW-Authenticate: Bearer`)",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+                    }}
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     @classmethod
     def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < _MIN_SECRET:
-            raise ValueError(f"DEEPSERVE_ADMIN_TOKEN is shorter than {_MIN_SECRET} characters; {_MAKE_SECRET}")
+            raise ValueError(
+                f"DEEPSERVE_ADMIN_TOKEN is shorter than {_MIN_SECRET} characters; {_MAKE_SECRET}"
+            )
         return value
 
     @field_validator("api_keys")
@@ -114,7 +116,10 @@ class Settings(BaseSettings):
     def _long_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
         short = [i for i, key in enumerate(value) if len(key.get_secret_value()) < _MIN_SECRET]
         if short:
-            raise ValueError(f"DEEPSERVE_API_KEYS item {short[0]} is shorter than {_MIN_SECRET} characters; {_MAKE_SECRET}")
+            raise ValueError(
+                f"DEEPSERVE_API_KEYS item {short[0]} is shorter than {_MIN_SECRET} characters; "
+                f"{_MAKE_SECRET}"
+            )
         return value
 
 

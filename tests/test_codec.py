@@ -119,7 +119,8 @@ def test_binary_round_trip_every_datatype_with_tritonclient(datatype: str) -> No
     assert plan == {"x": True}  # tritonclient asks for binary_data_output when no outputs are named
     response = encode_response(decoded.inputs, plan, model_name="m", model_version="1", request_id="7")
     assert response.header_length is not None and response.media_type == "application/octet-stream"
-    result = httpclient.InferenceServerClient.parse_response_body(response.body, header_length=response.header_length)
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.body, header_length=response.header_length)
     np.testing.assert_array_equal(result.as_numpy("x"), array)
     assert result.get_response()["id"] == "7"
 
@@ -207,14 +208,16 @@ def test_unknown_output_name_is_refused_with_the_known_names() -> None:
 
 
 def test_classification_extension_is_refused() -> None:
-    request = parse_header(orjson.dumps({"inputs": [], "outputs": [{"name": "a", "parameters": {"classification": 3}}]}))
+    request = parse_header(
+        orjson.dumps({"inputs": [], "outputs": [{"name": "a", "parameters": {"classification": 3}}]}))
     with pytest.raises(InvalidInput, match="classification extension is not supported"):
         output_plan(request, ["a"])
 
 
 def test_mixed_json_and_binary_outputs_follow_plan_order() -> None:
     outputs = {"a": np.arange(4, dtype=np.float32).reshape(2, 2), "b": np.array([b"x", b"yz"], dtype=object)}
-    response = encode_response(outputs, {"b": True, "a": False}, model_name="m", model_version="2", request_id=None)
+    response = encode_response(
+        outputs, {"b": True, "a": False}, model_name="m", model_version="2", request_id=None)
     assert response.header_length is not None
     header = orjson.loads(response.body[: response.header_length])
     assert [o["name"] for o in header["outputs"]] == ["b", "a"]
@@ -255,25 +258,31 @@ def x_input(**fields: Any) -> bytes:
     ({"data": list(range(10))}, "input 'x': data has 10 elements but shape [2, 4] needs 8"),
     ({"data": [[1, 2, 3, 4], [5, 6, 7]]}, "input 'x': nested data is ragged"),
     ({"data": [1, 2, "three", 4, 5, 6, 7, 8]}, "input 'x': FP32 data must be numbers; found '1'"),
-    ({"data": [1, None, 3, 4, 5, 6, 7, 8]}, "input 'x': FP32 data must be numbers; found null (NoneType) at element 1"),
+    ({"data": [1, None, 3, 4, 5, 6, 7, 8]},
+     "input 'x': FP32 data must be numbers; found null (NoneType) at element 1"),
     ({"data": [True] * 8}, "input 'x': FP32 data must be numbers, found a boolean"),
     ({"data": [1e39] * 8}, "input 'x': 1e+39 at element 0 is outside the FP32 range"),
     ({}, "input 'x' has neither `data` nor parameters.binary_data_size"),
-    ({"data": [0] * 8, "parameters": {"binary_data_size": 32}}, "input 'x' has both `data` and parameters.binary_data_size"),
+    ({"data": [0] * 8, "parameters": {"binary_data_size": 32}},
+     "input 'x' has both `data` and parameters.binary_data_size"),
     ({"data": 5}, "input 'x': data: Input should be a valid list"),
     ({"shape": [2, -4], "data": [0] * 8}, "input 'x': shape [2, -4] has a negative size"),
-    ({"datatype": "FLOAT32", "data": [0] * 8}, "input 'x': datatype 'FLOAT32' is not a v2 datatype; use one of BOOL"),
+    ({"datatype": "FLOAT32", "data": [0] * 8},
+     "input 'x': datatype 'FLOAT32' is not a v2 datatype; use one of BOOL"),
 ])
 def test_json_input_errors_name_input_rule_and_value(fields: dict[str, Any], expected: str) -> None:
     assert expected in invalid(x_input(**fields))
 
 
 def test_json_integers_beyond_64_bits() -> None:
-    body = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [18446744073709551616, 0]}]}'
+    body = (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", '
+            b'"data": [18446744073709551616, 0]}]}')
     assert "input 'x': 1.8446744073709552e+19 at element 0 is outside the INT64 range" in invalid(body)
-    body = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "UINT64", "data": [18446744073709551615, -1]}]}'
+    body = (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "UINT64", '
+            b'"data": [18446744073709551615, -1]}]}')
     assert "input 'x': -1.0 at element 1 is outside the UINT64 range" in invalid(body)
-    body = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "UINT64", "data": [18446744073709551615, 1.0]}]}'
+    body = (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "UINT64", '
+            b'"data": [18446744073709551615, 1.0]}]}')
     assert decode_request(body).inputs["x"].tolist() == [2**64 - 1, 1]
 
 
@@ -314,8 +323,8 @@ def test_deeply_nested_bytes_data_does_not_recurse() -> None:
 # ---- what clients get wrong: binary ---------------------------------------------------------------
 
 
-def binary_request(size: int | None, payload: bytes, *, datatype: str = "FP32", shape: list[int] | None = None,
-                   header_length: int | None = None) -> tuple[bytes, str]:
+def binary_request(size: int | None, payload: bytes, *, datatype: str = "FP32",
+                   shape: list[int] | None = None, header_length: int | None = None) -> tuple[bytes, str]:
     params = {} if size is None else {"parameters": {"binary_data_size": size}}
     head = orjson.dumps({"inputs": [{"name": "x", "shape": shape or [2, 2], "datatype": datatype, **params}]})
     return head + payload, str(len(head) if header_length is None else header_length)
@@ -323,13 +332,14 @@ def binary_request(size: int | None, payload: bytes, *, datatype: str = "FP32", 
 
 def test_binary_size_disagreeing_with_shape() -> None:
     body, length = binary_request(12, b"\0" * 12)
-    assert "input 'x' (shape [2, 2]): binary_data_size is 12 bytes but 4 elements of 4 byte(s) need 16" in invalid(
-        body, length)
+    assert ("input 'x' (shape [2, 2]): binary_data_size is 12 bytes but 4 elements of 4 byte(s) need 16"
+            in invalid(body, length))
 
 
 def test_truncated_binary_body() -> None:
     body, length = binary_request(16, b"\0" * 10)
-    assert "input 'x': binary_data_size is 16 bytes but only 10 bytes of binary data are left" in invalid(body, length)
+    assert ("input 'x': binary_data_size is 16 bytes but only 10 bytes of binary data are left"
+            in invalid(body, length))
 
 
 def test_extra_bytes_after_binary_tensors() -> None:
@@ -339,7 +349,8 @@ def test_extra_bytes_after_binary_tensors() -> None:
 
 def test_header_length_larger_than_body() -> None:
     body, _ = binary_request(16, b"\0" * 16)
-    assert f"Inference-Header-Content-Length is 5000 but the body has {len(body)} bytes" in invalid(body, "5000")
+    assert (f"Inference-Header-Content-Length is 5000 but the body has {len(body)} bytes"
+            in invalid(body, "5000"))
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5"])
@@ -356,7 +367,8 @@ def test_header_length_cutting_the_json_short() -> None:
 
 def test_binary_input_without_header_length() -> None:
     body, _ = binary_request(16, b"")
-    assert "has parameters.binary_data_size but the request has no Inference-Header-Content-Length" in invalid(body)
+    assert ("has parameters.binary_data_size but the request has no Inference-Header-Content-Length"
+            in invalid(body))
 
 
 def test_negative_binary_size() -> None:
@@ -371,7 +383,8 @@ def test_binary_bool_bytes_must_be_zero_or_one() -> None:
 
 @pytest.mark.parametrize(("payload", "expected"), [
     (struct.pack("<I", 1) + b"a" + b"\x02\x00", "BYTES element 1 is truncated: its 4-byte length prefix"),
-    (struct.pack("<I", 1) + b"a" + struct.pack("<I", 9) + b"abc", "BYTES element 1 says 9 bytes but only 3 remain"),
+    (struct.pack("<I", 1) + b"a" + struct.pack("<I", 9) + b"abc",
+     "BYTES element 1 says 9 bytes but only 3 remain"),
     (struct.pack("<I", 1) + b"a", "binary data holds 1 BYTES elements but the shape needs 2"),
     ((struct.pack("<I", 1) + b"a") * 3, "5 bytes are left after the 2 BYTES elements the shape needs"),
 ])
@@ -391,30 +404,33 @@ def test_binary_numeric_decoding_does_not_copy() -> None:
 def test_shape_out_of_bounds() -> None:
     body = json_body([{"name": "x", "shape": [0, 2**50], "datatype": "FP32", "data": []}])
     assert "input 'x': shape [0, 1125899906842624] is out of bounds" in invalid(body)
-    assert "at most 32 axes" in invalid(json_body([{"name": "x", "shape": [1] * 40, "datatype": "FP32", "data": [1]}]))
+    deep = json_body([{"name": "x", "shape": [1] * 40, "datatype": "FP32", "data": [1]}])
+    assert "at most 32 axes" in invalid(deep)
 
 
 def test_too_deep_numeric_data() -> None:
     data: Any = [1.0]
     for _ in range(70):
         data = [data]
-    assert "input 'x': nested data is unreadable" in invalid(json_body([{"name": "x", "shape": [1], "datatype": "FP32",
-                                                                         "data": data}]))
+    body = json_body([{"name": "x", "shape": [1], "datatype": "FP32", "data": data}])
+    assert "input 'x': nested data is unreadable" in invalid(body)
 
 
 # ---- fuzz: whatever a client sends, the codec answers InvalidInput or decodes -------------------------
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(st.text(max_size=3), children, max_size=3)),
     max_leaves=20,
 )
 _inputs = st.fixed_dictionaries(
     {"name": st.sampled_from(["x", "y"]),
      "shape": st.lists(st.integers(-2, 6), max_size=4) | _json_values,
      "datatype": st.sampled_from([*DATATYPES, "FLOAT", ""])},
-    optional={"data": _json_values | st.lists(st.integers(-300, 300) | st.floats(-1e6, 1e6) | st.booleans(), max_size=30),
+    optional={"data": _json_values
+              | st.lists(st.integers(-300, 300) | st.floats(-1e6, 1e6) | st.booleans(), max_size=30),
               "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-4, 40) | _json_values})},
 )
 
@@ -477,10 +493,12 @@ def test_element_cap_counts_every_input_before_converting() -> None:
               {"name": "b", "shape": [2, 2], "datatype": "FP32", "data": [0.0] * 4}]
     body = orjson.dumps({"inputs": inputs})
     assert set(decode_request(body, max_elements=16).inputs) == {"a", "b"}
-    with pytest.raises(PayloadTooLarge, match="16 tensor elements, over the limit of 15.*MAX_TENSOR_ELEMENTS"):
+    with pytest.raises(PayloadTooLarge,
+                       match="16 tensor elements, over the limit of 15.*MAX_TENSOR_ELEMENTS"):
         decode_request(body, max_elements=15)
     # declared shapes count, so a huge shape is refused before its (missing) data is looked at
-    huge = orjson.dumps({"inputs": [{"name": "a", "shape": [1 << 20, 1 << 20], "datatype": "UINT8", "data": []}]})
+    huge = orjson.dumps(
+        {"inputs": [{"name": "a", "shape": [1 << 20, 1 << 20], "datatype": "UINT8", "data": []}]})
     with pytest.raises(PayloadTooLarge, match="1099511627776 tensor elements"):
         decode_request(huge, max_elements=1 << 25)
 

@@ -77,7 +77,9 @@ def models(repo: Path) -> Path:
 
 
 def clf_request(x: np.ndarray, **extra: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}], **extra}
+    return {
+        "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}], **extra
+    }
 
 
 def logits(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -131,14 +133,17 @@ async def test_metadata_of_a_model_that_failed_to_load(models: Path, app_client:
 
 async def test_metadata_unknown_model_and_version(models: Path, app_client: AppClient) -> None:
     async with app_client(**CPU) as client:
-        assert "model 'nope' not found" in error_of(await client.get("/v2/models/nope"), 404, "model_not_found")
+        missing = error_of(await client.get("/v2/models/nope"), 404, "model_not_found")
+        assert "model 'nope' not found" in missing
         message = error_of(await client.get("/v2/models/clf/versions/7"), 404, "model_not_found")
         assert "no version '7'" in message
 
 
 async def test_model_ready(models: Path, app_client: AppClient) -> None:
     async with app_client(**CPU) as client:
-        for path in ("/v2/models/clf/ready", "/v2/models/multi/versions/1/ready", "/v2/models/multi/versions/2/ready"):
+        for path in (
+            "/v2/models/clf/ready", "/v2/models/multi/versions/1/ready", "/v2/models/multi/versions/2/ready"
+        ):
             response = await client.get(path)
             assert (response.status_code, response.content) == (200, b""), path
         message = error_of(await client.get("/v2/models/broken/ready"), 503, "model_not_ready")
@@ -202,7 +207,8 @@ async def test_versions_are_addressable(models: Path, app_client: AppClient) -> 
     x = np.ones((1, 4), dtype=np.float32)
     async with app_client(**CPU) as client:
         for version, seed in (("1", 0), ("2", 1)):
-            result = (await client.post(f"/v2/models/multi/versions/{version}/infer", json=clf_request(x))).json()
+            response = await client.post(f"/v2/models/multi/versions/{version}/infer", json=clf_request(x))
+            result = response.json()
             assert result["model_version"] == version
             np.testing.assert_allclose(result["outputs"][0]["data"], logits(x, seed).reshape(-1), atol=1e-5)
         latest = (await client.post("/v2/models/multi/infer", json=clf_request(x))).json()
@@ -228,29 +234,35 @@ async def test_outputs_selection_and_per_output_binary(models: Path, app_client:
 async def test_request_level_binary_output_with_json_override(models: Path, app_client: AppClient) -> None:
     x = np.ones((2, 4), dtype=np.float32)
     async with app_client(**CPU) as client:
-        binary = await client.post("/v2/models/clf/infer", json=clf_request(x, parameters={"binary_data_output": True}))
+        binary = await client.post(
+            "/v2/models/clf/infer", json=clf_request(x, parameters={"binary_data_output": True}))
         assert binary.headers["content-type"] == "application/octet-stream"
         result = httpclient.InferenceServerClient.parse_response_body(
             binary.content, header_length=int(binary.headers[HEADER]))
         np.testing.assert_allclose(result.as_numpy("logits"), logits(x), atol=1e-5)
         override = await client.post("/v2/models/clf/infer", json=clf_request(
-            x, parameters={"binary_data_output": True}, outputs=[{"name": "logits", "parameters": {"binary_data": False}}]))
+            x, parameters={"binary_data_output": True},
+            outputs=[{"name": "logits", "parameters": {"binary_data": False}}]))
         assert override.headers["content-type"] == "application/json" and HEADER not in override.headers
 
 
 async def test_gzip_request_body(models: Path, app_client: AppClient) -> None:
     x = np.ones((1, 4), dtype=np.float32)
     async with app_client(**CPU) as client:
-        response = await client.post("/v2/models/clf/infer", content=gzip.compress(orjson.dumps(clf_request(x))),
-                                     headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        response = await client.post(
+            "/v2/models/clf/infer", content=gzip.compress(orjson.dumps(clf_request(x))),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         assert response.status_code == 200, response.text
-        bad = await client.post("/v2/models/clf/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+        bad = await client.post(
+            "/v2/models/clf/infer", content=b"not gzip", headers={"Content-Encoding": "gzip"})
         assert "not valid gzip" in error_of(bad, 400, "invalid_input")
         odd = await client.post("/v2/models/clf/infer", content=b"{}", headers={"Content-Encoding": "br"})
         assert "'br' is not supported" in error_of(odd, 415, "unsupported_media_type")
 
 
-async def test_openapi_documents_the_infer_body_and_its_example_works(models: Path, app_client: AppClient) -> None:
+async def test_openapi_documents_the_infer_body_and_its_example_works(
+    models: Path, app_client: AppClient
+) -> None:
     async with app_client(**CPU) as client:
         spec = (await client.get("/openapi.json")).json()
         operation = spec["paths"]["/v2/models/{name}/infer"]["post"]
@@ -294,7 +306,8 @@ async def test_truncated_binary_body_is_400(models: Path, app_client: AppClient)
     head = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 16}}]})
     async with app_client(**CPU) as client:
-        short = await client.post("/v2/models/clf/infer", content=head + b"\0" * 8, headers={HEADER: str(len(head))})
+        short = await client.post(
+            "/v2/models/clf/infer", content=head + b"\0" * 8, headers={HEADER: str(len(head))})
         assert "only 8 bytes of binary data are left" in error_of(short, 400, "invalid_input")
         long = await client.post("/v2/models/clf/infer", content=head, headers={HEADER: "9999"})
         assert "Inference-Header-Content-Length is 9999" in error_of(long, 400, "invalid_input")
@@ -312,10 +325,12 @@ async def test_infer_unknown_model_version_and_unready_model(models: Path, app_c
 async def test_oversized_body_is_413(models: Path, app_client: AppClient) -> None:
     x = np.zeros((300, 4), dtype=np.float32)
     async with app_client(max_request_bytes=1024, max_inflated_bytes=2048, **CPU) as client:
-        message = error_of(await client.post("/v2/models/clf/infer", json=clf_request(x)), 413, "payload_too_large")
+        response = await client.post("/v2/models/clf/infer", json=clf_request(x))
+        message = error_of(response, 413, "payload_too_large")
         assert "1024" in message
         bomb = gzip.compress(b" " * 100_000)  # small on the wire, too large once inflated
-        response = await client.post("/v2/models/clf/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+        response = await client.post(
+            "/v2/models/clf/infer", content=bomb, headers={"Content-Encoding": "gzip"})
         message = error_of(response, 413, "payload_too_large")
         assert "inflates to more than 2048 bytes" in message and "DEEPSERVE_MAX_INFLATED_BYTES" in message
 
@@ -327,7 +342,8 @@ async def test_request_timeout_is_504(repo: Path, app_client: AppClient) -> None
             "parameters": {"timeout": 1}}  # one microsecond
     async with app_client(**CPU) as client:
         error_of(await client.post("/v2/models/slow/infer", json=body), 504, "timeout")
-        assert (await client.post("/v2/models/slow/infer", json={"inputs": body["inputs"]})).status_code == 200
+        response = await client.post("/v2/models/slow/infer", json={"inputs": body["inputs"]})
+        assert response.status_code == 200
 
 
 async def test_metrics_count_successes_and_failures(models: Path, app_client: AppClient) -> None:
@@ -340,8 +356,8 @@ async def test_metrics_count_successes_and_failures(models: Path, app_client: Ap
     before_count = sample("deepserve_request_duration_seconds_count")
     async with app_client(**CPU) as client:
         await client.post("/v2/models/clf/infer", json=clf_request(np.ones((1, 4), dtype=np.float32)))
-        await client.post("/v2/models/clf/infer", json={"inputs": [{"name": "zzz", "shape": [1], "datatype": "FP32",
-                                                                    "data": [1]}]})
+        await client.post("/v2/models/clf/infer",
+                          json={"inputs": [{"name": "zzz", "shape": [1], "datatype": "FP32", "data": [1]}]})
         text = (await client.get("/metrics")).text
     assert sample("deepserve_requests_total", outcome="success") == before_ok + 1
     assert sample("deepserve_request_failures_total", reason="invalid_input") == before_bad + 1

@@ -43,12 +43,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: error_response("The request does not match the schema"),  # FastAPI's default, in our error shape
 }
 _LOAD_ERRORS = {**_ERRORS, 400: error_response(
-    "The body is not a RepositoryModelRequest, asks for config or file overrides, or the model failed to load "
-    "(`error` names the file and reason)")}
+    "The body is not a RepositoryModelRequest, asks for config or file overrides, or the model failed "
+    "to load (`error` names the file and reason)")}
 
 
 async def _parse(request: Request, model: type[_Body]) -> _Body:
-    """An optional JSON body: none means defaults; anything else (whitespace too) must be JSON matching `model`."""
+    """An optional JSON body: none means defaults; anything else (whitespace too) must be JSON
+    matching `model`."""
     body = await request.body()
     if not body:
         return model()
@@ -56,8 +57,8 @@ async def _parse(request: Request, model: type[_Body]) -> _Body:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidInput(
-            f"the body does not match {model.__name__}: {describe(exc, {})}; send a JSON object with its fields "
-            "(see /docs) or no body at all"
+            f"the body does not match {model.__name__}: {describe(exc, {})}; send a JSON object with its "
+            "fields (see /docs) or no body at all"
         ) from None
 
 

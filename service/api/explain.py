@@ -35,10 +35,18 @@ router = APIRouter(tags=["explanations"], default_response_class=JSONResponse)
 T = TypeVar("T")
 
 Method = Annotated[str | None, Query(description=f"One of {', '.join(METHODS)} (default: the task's best).")]
-Target = Annotated[str | None, Query(description="Label name or index to explain (default: the top prediction).")]
-Budget = Annotated[int | None, Query(description=f"Model evaluations, {MIN_BUDGET} to {MAX_BUDGET} (kernel-shap).")]
-Seed = Annotated[int | None, Query(description="Sampling seed: the same seed gives the same answer (default 0).")]
-BaselineKind = Annotated[str | None, Query(description="Images: `blur` (default) or `black`; audio: `silence`.")]
+Target = Annotated[
+    str | None, Query(description="Label name or index to explain (default: the top prediction).")
+]
+Budget = Annotated[
+    int | None, Query(description=f"Model evaluations, {MIN_BUDGET} to {MAX_BUDGET} (kernel-shap).")
+]
+Seed = Annotated[
+    int | None, Query(description="Sampling seed: the same seed gives the same answer (default 0).")
+]
+BaselineKind = Annotated[
+    str | None, Query(description="Images: `blur` (default) or `black`; audio: `silence`.")
+]
 
 _DESCRIPTION = (
     "Attributions for one input, computed from many perturbed copies sent through the model's dynamic "
@@ -108,8 +116,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _counted(registry: RegistryDep, name: str, version: str | None, request: Request, response: Response,
-                   settings: SettingsDep, predict: OptionsDep, query: dict[str, Any]) -> ExplainResponse:
+async def _counted(registry: RegistryDep, name: str, version: str | None, request: Request,
+                   response: Response, settings: SettingsDep, predict: OptionsDep,
+                   query: dict[str, Any]) -> ExplainResponse:
     """`_explain`, counted in the request, failure and latency metrics (route `v1_explain`) as /v1 predict
     and v2 infer are, with `Server-Timing` summing every evaluation's queue and compute time."""
     timing = start_timing()
@@ -132,8 +141,8 @@ async def _counted(registry: RegistryDep, name: str, version: str | None, reques
 )
 async def explain_latest(
     name: str, request: Request, response: Response, registry: RegistryDep, settings: SettingsDep,
-    predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
-    baseline: BaselineKind = None,
+    predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None,
+    seed: Seed = None, baseline: BaselineKind = None,
 ) -> ExplainResponse:
     query = {"method": method, "target": target, "budget": budget, "seed": seed, "baseline": baseline}
     return await _counted(registry, name, None, request, response, settings, predict, query)
@@ -149,9 +158,9 @@ async def explain_latest(
     responses=_ERRORS,
 )
 async def explain_version(
-    name: str, version: str, request: Request, response: Response, registry: RegistryDep, settings: SettingsDep,
-    predict: OptionsDep, method: Method = None, target: Target = None, budget: Budget = None, seed: Seed = None,
-    baseline: BaselineKind = None,
+    name: str, version: str, request: Request, response: Response, registry: RegistryDep,
+    settings: SettingsDep, predict: OptionsDep, method: Method = None, target: Target = None,
+    budget: Budget = None, seed: Seed = None, baseline: BaselineKind = None,
 ) -> ExplainResponse:
     query = {"method": method, "target": target, "budget": budget, "seed": seed, "baseline": baseline}
     return await _counted(registry, name, version, request, response, settings, predict, query)

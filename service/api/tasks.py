@@ -56,7 +56,10 @@ ReturnTimestamps = Annotated[
 ]
 ReturnReconstruction = Annotated[
     bool | None,
-    Query(description="Anomaly detection: also return the input as seen, the reconstruction and an error map (PNG)."),
+    Query(
+        description="Anomaly detection: also return the input as seen, the reconstruction and an error map "
+        "(PNG)."
+    ),
 ]
 
 async def _options(
@@ -66,8 +69,8 @@ async def _options(
     return_reconstruction: ReturnReconstruction = None,
 ) -> Options:
     return Options(
-        top_k=top_k, return_probabilities=bool(return_probabilities), return_timestamps=bool(return_timestamps),
-        return_reconstruction=bool(return_reconstruction),
+        top_k=top_k, return_probabilities=bool(return_probabilities),
+        return_timestamps=bool(return_timestamps), return_reconstruction=bool(return_reconstruction),
     )
 
 
@@ -82,7 +85,8 @@ _PREDICT_DESCRIPTION = (
     "* **text-classification**, **embedding**: JSON `{\"text\": ...}` / `{\"texts\": [...]}` or a "
     "`text/plain` body.\n"
     "* **speech-recognition**, **audio-classification**: multipart field `file`, a raw body "
-    "(`audio/wav`, `audio/flac`, `audio/ogg`, `audio/mpeg`, `audio/webm`, `audio/mp4`, `application/octet-stream`) "
+    "(`audio/wav`, `audio/flac`, `audio/ogg`, `audio/mpeg`, `audio/webm`, `audio/mp4`, "
+    "`application/octet-stream`) "
     "or JSON `{\"audio\": base64}`: WAV, FLAC, Ogg (Vorbis, Opus), MP3, WebM/Opus, MP4/AAC.\n\n"
     "* **anomaly-detection**: an image as for image-classification; `return_reconstruction` adds the "
     "reconstruction and an error map as PNGs.\n"
@@ -93,10 +97,13 @@ _PREDICT_DESCRIPTION = (
 )
 
 
-JSON, MULTIPART, OCTET, TEXT = "application/json", "multipart/form-data", "application/octet-stream", "text/plain"
+JSON, MULTIPART, OCTET, TEXT = (
+    "application/json", "multipart/form-data", "application/octet-stream", "text/plain"
+)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
-AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg", "audio/mpeg",
-               "audio/webm", "video/webm", "audio/mp4", "audio/x-m4a", "video/mp4")  # browsers' MediaRecorder
+# the last five (webm, mp4): what browsers' MediaRecorder sends
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/x-flac", "audio/ogg",
+               "audio/mpeg", "audio/webm", "video/webm", "audio/mp4", "audio/x-m4a", "video/mp4")
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "image-classification": (MULTIPART, JSON, *IMAGE_TYPES, OCTET),
     "text-classification": (JSON, TEXT),
@@ -123,8 +130,8 @@ JSON_REQUESTS: dict[
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in [
-        (400, "Bad input: the error says what was wrong (corrupt image, empty text, NaN samples, ...) and what "
-              "is accepted; also a model without a task section"),
+        (400, "Bad input: the error says what was wrong (corrupt image, empty text, NaN samples, ...) "
+              "and what is accepted; also a model without a task section"),
         (404, "Unknown model or version"),
         (413, "Body over DEEPSERVE_MAX_REQUEST_BYTES (refused before it is read), too many pixels, or a text "
               "over the character limit"),
@@ -173,7 +180,9 @@ async def read_payload(
     return Payload(blobs=[body], texts=[], options=options)
 
 
-async def _read_json(request: Request, task_type: str, options: Options, extra: dict[str, Any] | None) -> Payload:
+async def _read_json(
+    request: Request, task_type: str, options: Options, extra: dict[str, Any] | None
+) -> Payload:
     body = await request.body()
     try:
         raw = orjson.loads(body)
@@ -211,7 +220,9 @@ def _from_base64(value: str, where: str) -> bytes:
     try:
         return base64.b64decode(data, altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{where} is not valid base64 ({exc}); send the file's bytes base64-encoded") from exc
+        raise InvalidInput(
+            f"{where} is not valid base64 ({exc}); send the file's bytes base64-encoded"
+        ) from exc
 
 
 async def _read_multipart(request: Request, options: Options, extra: dict[str, Any] | None) -> Payload:
@@ -230,7 +241,9 @@ async def _read_multipart(request: Request, options: Options, extra: dict[str, A
             blobs = []
             for i, upload in enumerate(uploads):
                 if not isinstance(upload, UploadFile):
-                    raise InvalidInput(f"form field 'file' #{i} is text, not a file upload (curl -F file=@path)")
+                    raise InvalidInput(
+                        f"form field 'file' #{i} is text, not a file upload (curl -F file=@path)"
+                    )
                 blobs.append(await upload.read())
             _form_options(form, options)
             wanted = extra if extra is not None else {}
@@ -239,7 +252,9 @@ async def _read_multipart(request: Request, options: Options, extra: dict[str, A
                 if value:
                     wanted[key] = value
     except StarletteHTTPException as exc:  # starlette's multipart parser reports malformed bodies so
-        raise InvalidInput(f"multipart body cannot be parsed ({exc.detail}); send multipart/form-data") from exc
+        raise InvalidInput(
+            f"multipart body cannot be parsed ({exc.detail}); send multipart/form-data"
+        ) from exc
     return Payload(blobs=blobs, texts=[], options=options)
 
 
@@ -290,14 +305,18 @@ def openapi_body() -> dict[str, Any]:
             "top_k": {"type": "integer", "minimum": 1, "description": "Labels per item."},
             "return_probabilities": {"type": "boolean", "description": "Also return every label's score."},
             "return_timestamps": {"type": "boolean", "description": "Speech: word and character timestamps."},
-            "return_reconstruction": {"type": "boolean", "description": "Anomaly detection: reconstruction PNGs."},
+            "return_reconstruction": {
+                "type": "boolean", "description": "Anomaly detection: reconstruction PNGs."
+            },
         },
     }
     requests = (ImageClassifyRequest, TextClassifyRequest, EmbeddingRequest, AudioRequest, AnomalyRequest,
                 GenerationRequest)
     examples = {
         "image": {"summary": "image-classification: one base64 PNG", "value": {"image": PNG_1X1, "top_k": 3}},
-        "text": {"summary": "text-classification or embedding: one text", "value": {"text": "what a lovely day"}},
+        "text": {
+            "summary": "text-classification or embedding: one text", "value": {"text": "what a lovely day"}
+        },
         "texts": {
             "summary": "text-classification: several texts, every score",
             "value": {"texts": ["what a lovely day", "this is awful"], "return_probabilities": True},
@@ -341,7 +360,8 @@ async def _predict(
 
 
 async def _counted(
-    registry: ModelRegistry, name: str, version: str | None, request: Request, options: Options, response: Response
+    registry: ModelRegistry, name: str, version: str | None, request: Request, options: Options,
+    response: Response,
 ) -> PredictResponse | Response:
     """`_predict`, counted in the request, failure and latency metrics (route `v1_predict`) as v2 infer is,
     with `Server-Timing` (queue, compute, total) on the answer."""
@@ -384,13 +404,14 @@ async def predict_version(
     return await _counted(registry, name, version, request, options, response)
 
 
-@router.get("/v1/models", response_model=ModelListResponse, summary="Models, their tasks and example requests")
+@router.get("/v1/models", response_model=ModelListResponse,
+            summary="Models, their tasks and example requests")
 async def list_models(request: Request, registry: RegistryDep) -> ModelListResponse:
     base = str(request.base_url).rstrip("/")
     return ModelListResponse(models=[describe(m, base_url=base) for m in registry.models()])
 
 
-@router.get("/v1/models/{name}", response_model=ModelSummary, summary="One model's task and an example request",
-            responses={404: _ERRORS[404]})
+@router.get("/v1/models/{name}", response_model=ModelSummary,
+            summary="One model's task and an example request", responses={404: _ERRORS[404]})
 async def get_model(name: str, request: Request, registry: RegistryDep) -> ModelSummary:
     return describe(registry.find(name), base_url=str(request.base_url).rstrip("/"))

@@ -38,12 +38,15 @@ router = APIRouter(tags=["v2"], default_response_class=JSONResponse)
 
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
 
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: error_response("Invalid request: the error names the input, the rule and the value"),
     404: error_response("Unknown model or version"),
     413: error_response("Request body over DEEPSERVE_MAX_REQUEST_BYTES, a gzip/deflate body inflating past "
-                        "DEEPSERVE_MAX_INFLATED_BYTES, or more tensor elements than DEEPSERVE_MAX_TENSOR_ELEMENTS"),
+                        "DEEPSERVE_MAX_INFLATED_BYTES, or more tensor elements than "
+                        "DEEPSERVE_MAX_TENSOR_ELEMENTS"),
     415: error_response("Content-Encoding other than gzip, deflate or identity"),
     # FastAPI documents a 422 on every route with parameters; errors.py answers it in our error shape
     422: error_response("The request does not match the schema"),
@@ -122,7 +125,8 @@ def model_probe(model: LoadedModel) -> Response:
     if model.state is ModelState.READY:
         return Response(status_code=200)
     reason = f": {model.error}" if model.error else ""
-    return _not_ready(f"model '{model.name}' version {model.version} is {model.state}{reason}", ModelNotReady.code)
+    return _not_ready(f"model '{model.name}' version {model.version} is {model.state}{reason}",
+                      ModelNotReady.code)
 
 
 def _not_ready(message: str, code: str) -> Response:
@@ -137,7 +141,8 @@ def describe_model(registry: ModelRegistry, model: LoadedModel) -> ModelMetadata
     batching = None
     if config.batching:
         batching = {"max_batch_size": config.max_batch_size, "max_queue_delay_ms": config.max_queue_delay_ms,
-                    "preferred_batch_sizes": config.preferred_batch_sizes, "max_queue_size": config.max_queue_size}
+                    "preferred_batch_sizes": config.preferred_batch_sizes,
+                    "max_queue_size": config.max_queue_size}
     extras: dict[str, Any] = {
         **config.parameters,
         "version": model.version,
@@ -179,9 +184,11 @@ _INFER_DOC = (
 _INFER_OPENAPI: dict[str, Any] = {
     "parameters": [  # read from the raw headers, not by FastAPI: declared here for clients and the docs
         {"name": HEADER_LENGTH, "in": "header", "required": False,
-         "description": "Binary tensor data extension: byte length of the JSON header at the start of the body",
+         "description": "Binary tensor data extension: byte length of the JSON header at the start of "
+                        "the body",
          "schema": {"type": "integer", "minimum": 1}},
-        {"name": "Content-Encoding", "in": "header", "required": False, "description": "Compression of the body",
+        {"name": "Content-Encoding", "in": "header", "required": False,
+         "description": "Compression of the body",
          "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]}},
     ],
     "requestBody": {
@@ -201,13 +208,15 @@ _INFER_OPENAPI: dict[str, Any] = {
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": InferenceResponse, "description": "Outputs as JSON, or JSON header + raw bytes",
           "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-          "headers": {HEADER_LENGTH: {"description": "Set when any output is binary: byte length of the JSON "
-                                                     "header at the start of the body",
-                                      "schema": {"type": "integer", "minimum": 1}},
-                      SERVER_TIMING: {"description": "Time in the batch queue, computing and in all, in ms: "
-                                                     "`queue;dur=0.1, compute;dur=1.2, total;dur=2.0` (on errors "
-                                                     "too)",
-                                      "schema": {"type": "string"}}}},
+          "headers": {
+              HEADER_LENGTH: {"description": "Set when any output is binary: byte length of the JSON "
+                                             "header at the start of the body",
+                              "schema": {"type": "integer", "minimum": 1}},
+              SERVER_TIMING: {"description": "Time in the batch queue, computing and in all, in ms: "
+                                             "`queue;dur=0.1, compute;dur=1.2, total;dur=2.0` "
+                                             "(on errors too)",
+                              "schema": {"type": "string"}},
+          }},
     **_ERRORS,
 }
 

@@ -213,8 +213,8 @@ class DynamicBatcher:
         now = time.monotonic()
         future: asyncio.Future[TensorMap] = asyncio.get_running_loop().create_future()
         key = batch_key(inputs, self._pad) if self._max_batch else None
-        job = Job(inputs=inputs, items=items, deadline=now + timeout_s, future=future, key=key, enqueued_at=now,
-                  priority=priority, timing=request_timing.current.get())
+        job = Job(inputs=inputs, items=items, deadline=now + timeout_s, future=future, key=key,
+                  enqueued_at=now, priority=priority, timing=request_timing.current.get())
         self._queue.put_nowait(job)  # cannot overflow: depth was checked above, nothing awaited since
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)

@@ -78,8 +78,8 @@ def decode_bytes_elements(name: str, chunk: memoryview, *, shape: Sequence[int])
     while pos < end:
         if len(items) == count:
             raise InvalidInput(
-                f"{_where(name, shape)}: {end - pos} bytes are left after the {count} BYTES elements the shape "
-                "needs; each element is a 4-byte little-endian length followed by that many bytes"
+                f"{_where(name, shape)}: {end - pos} bytes are left after the {count} BYTES elements the "
+                "shape needs; each element is a 4-byte little-endian length followed by that many bytes"
             )
         if pos + 4 > end:
             raise InvalidInput(
@@ -97,7 +97,8 @@ def decode_bytes_elements(name: str, chunk: memoryview, *, shape: Sequence[int])
         pos += length
     if len(items) != count:
         raise InvalidInput(
-            f"{_where(name, shape)}: binary data holds {len(items)} BYTES elements but the shape needs {count}"
+            f"{_where(name, shape)}: binary data holds {len(items)} BYTES elements but the shape needs "
+            f"{count}"
         )
     array = np.empty(count, dtype=object)
     array[:] = items

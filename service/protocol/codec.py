@@ -33,7 +33,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
     try:
         return DATATYPES[datatype]
     except KeyError:
-        raise InvalidInput(f"datatype {datatype!r} is not a v2 datatype; use one of {', '.join(DATATYPES)}") from None
+        raise InvalidInput(
+            f"datatype {datatype!r} is not a v2 datatype; use one of {', '.join(DATATYPES)}"
+        ) from None
 
 
 def datatype_of(array: Tensor) -> str:
@@ -42,7 +44,9 @@ def datatype_of(array: Tensor) -> str:
         return "BYTES"
     name = _BY_DTYPE.get(array.dtype.newbyteorder("="))
     if name is None:
-        raise InferenceFailed(f"the model returned numpy dtype {array.dtype}, which the v2 protocol cannot carry")
+        raise InferenceFailed(
+            f"the model returned numpy dtype {array.dtype}, which the v2 protocol cannot carry"
+        )
     return name
 
 
@@ -87,7 +91,9 @@ def inflate(body: bytes, content_encoding: str | None, *, limit: int) -> bytes:
     if encoding in ("identity", ""):
         return body
     if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none"
+        )
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     try:
         data = inflater.decompress(body, limit + 1)
@@ -95,17 +101,18 @@ def inflate(body: bytes, content_encoding: str | None, *, limit: int) -> bytes:
         raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
     if len(data) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(
-            f"the {encoding} body inflates to more than {limit} bytes (DEEPSERVE_MAX_INFLATED_BYTES); send less "
-            "data per request or raise DEEPSERVE_MAX_INFLATED_BYTES"
+            f"the {encoding} body inflates to more than {limit} bytes (DEEPSERVE_MAX_INFLATED_BYTES); "
+            "send less data per request or raise DEEPSERVE_MAX_INFLATED_BYTES"
         )
     if not inflater.eof:
         raise InvalidInput(
-            f"the {encoding} body is truncated: it ends before the end of its compressed stream; send the whole body"
+            f"the {encoding} body is truncated: it ends before the end of its compressed stream; "
+            "send the whole body"
         )
     if inflater.unused_data:
         raise InvalidInput(
-            f"the {encoding} body has {len(inflater.unused_data)} bytes after the end of its compressed stream "
-            "(a second gzip member or trailing data); send one compressed stream"
+            f"the {encoding} body has {len(inflater.unused_data)} bytes after the end of its compressed "
+            "stream (a second gzip member or trailing data); send one compressed stream"
         )
     return data
 
@@ -131,23 +138,25 @@ def decode_request(body: bytes, *, header_length: str | None = None,
         if size is None:
             if item.data is None:
                 raise InvalidInput(
-                    f"input {item.name!r} has neither `data` nor parameters.binary_data_size; send its elements "
-                    "as JSON `data` or as raw bytes after the JSON header"
+                    f"input {item.name!r} has neither `data` nor parameters.binary_data_size; "
+                    "send its elements as JSON `data` or as raw bytes after the JSON header"
                 )
             inputs[item.name] = json_to_array(item.name, item.data, datatype=item.datatype, shape=shape)
             continue
         if item.data is not None:
-            raise InvalidInput(f"input {item.name!r} has both `data` and parameters.binary_data_size; send one")
+            raise InvalidInput(
+                f"input {item.name!r} has both `data` and parameters.binary_data_size; send one"
+            )
         if header_length is None:
             raise InvalidInput(
-                f"input {item.name!r} has parameters.binary_data_size but the request has no {binary.HEADER_LENGTH} "
-                "header; set it to the byte length of the JSON header"
+                f"input {item.name!r} has parameters.binary_data_size but the request has no "
+                f"{binary.HEADER_LENGTH} header; set it to the byte length of the JSON header"
             )
         if size < 0 or offset + size > len(rest):
             raise InvalidInput(
-                f"input {item.name!r}: binary_data_size is {size} bytes but only {len(rest) - offset} bytes of "
-                "binary data are left after the JSON header and earlier inputs; the body is truncated or a size "
-                "is wrong"
+                f"input {item.name!r}: binary_data_size is {size} bytes but only {len(rest) - offset} "
+                "bytes of binary data are left after the JSON header and earlier inputs; the body is "
+                "truncated or a size is wrong"
             )
         inputs[item.name] = binary.decode_raw(item.name, rest[offset:offset + size], dtype=dtype, shape=shape)
         if dtype.kind == "O":
@@ -155,8 +164,8 @@ def decode_request(body: bytes, *, header_length: str | None = None,
         offset += size
     if offset != len(rest):
         raise InvalidInput(
-            f"the body has {len(rest) - offset} bytes after the binary tensors that no input's binary_data_size "
-            f"accounts for; check {binary.HEADER_LENGTH} and each binary_data_size"
+            f"the body has {len(rest) - offset} bytes after the binary tensors that no input's "
+            f"binary_data_size accounts for; check {binary.HEADER_LENGTH} and each binary_data_size"
         )
     return DecodedRequest(request=request, inputs=inputs)
 
@@ -167,7 +176,8 @@ def check_elements(request: InferenceRequest, limit: int) -> None:
     if total > limit:
         raise PayloadTooLarge(
             f"the request's inputs hold {total} tensor elements, over the limit of {limit} per request "
-            "(DEEPSERVE_MAX_TENSOR_ELEMENTS); send fewer items per request or raise DEEPSERVE_MAX_TENSOR_ELEMENTS"
+            "(DEEPSERVE_MAX_TENSOR_ELEMENTS); send fewer items per request or raise "
+            "DEEPSERVE_MAX_TENSOR_ELEMENTS"
         )
 
 
@@ -217,8 +227,8 @@ def checked_shape(item: RequestInput) -> list[int]:
     """Every axis a real size: non-negative, and small enough for numpy (a 0 axis hides the others)."""
     if any(dim < 0 for dim in item.shape):
         raise InvalidInput(
-            f"input {item.name!r}: shape {item.shape} has a negative size; give the actual size of every axis "
-            "(-1 is only for model metadata)"
+            f"input {item.name!r}: shape {item.shape} has a negative size; give the actual size of "
+            "every axis (-1 is only for model metadata)"
         )
     if len(item.shape) > MAX_AXES or any(dim > MAX_AXIS_SIZE for dim in item.shape):
         raise InvalidInput(
@@ -238,14 +248,17 @@ def json_to_array(name: str, data: list[Any], *, datatype: str, shape: Sequence[
         try:
             raw = np.asarray(data)
         except ValueError as exc:
-            why = "ragged (rows of different lengths)" if "inhomogeneous" in str(exc) else f"unreadable ({exc})"
+            ragged = "inhomogeneous" in str(exc)
+            why = "ragged (rows of different lengths)" if ragged else f"unreadable ({exc})"
             raise InvalidInput(
                 f"input {name!r}: nested data is {why}; send a flat row-major list or rows of equal length"
             ) from None
         array = _convert(name, data, raw, datatype)
     count = math.prod(shape)
     if array.size != count:
-        raise InvalidInput(f"input {name!r}: data has {array.size} elements but shape {list(shape)} needs {count}")
+        raise InvalidInput(
+            f"input {name!r}: data has {array.size} elements but shape {list(shape)} needs {count}"
+        )
     return array.reshape(shape)
 
 
@@ -256,11 +269,15 @@ def _convert(name: str, data: list[Any], raw: Tensor, datatype: str) -> Tensor:
     if raw.size == 0:
         return raw.astype(dtype)
     if kind not in "biuf":
-        raise InvalidInput(f"input {name!r}: {datatype} data must be {_expected(datatype)}; found {_odd(raw)}")
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data must be {_expected(datatype)}; found {_odd(raw)}"
+        )
     if dtype.kind == "b":
         not_01 = (raw != 0) & (raw != 1)
         if kind != "b" and not_01.any():
-            raise InvalidInput(f"input {name!r}: BOOL data must be true/false (or 0/1); found {_first(raw, not_01)}")
+            raise InvalidInput(
+                f"input {name!r}: BOOL data must be true/false (or 0/1); found {_first(raw, not_01)}"
+            )
         return raw.astype(np.bool_)
     if kind == "b":
         raise InvalidInput(f"input {name!r}: {datatype} data must be numbers, found a boolean; send 0/1")
@@ -284,8 +301,8 @@ def _to_int(name: str, data: list[Any], raw: Tensor, datatype: str) -> Tensor:
         fractional = ~np.isfinite(raw) | (raw != np.trunc(raw))
         if fractional.any():
             raise InvalidInput(
-                f"input {name!r}: {datatype} data must be integers; found {_first(raw, fractional)}; round it "
-                "or declare a floating-point datatype"
+                f"input {name!r}: {datatype} data must be integers; found {_first(raw, fractional)}; "
+                "round it or declare a floating-point datatype"
             )
     outside = (raw < info.min) | (raw > info.max)
     if outside.any():
@@ -322,7 +339,8 @@ def _odd(raw: Tensor) -> str:
 
 
 def _flatten_strings(name: str, data: list[Any]) -> list[bytes]:
-    """Nested lists of JSON strings -> flat row-major list of UTF-8 bytes (an explicit stack, no recursion)."""
+    """Nested lists of JSON strings -> flat row-major list of UTF-8 bytes (an explicit stack, no
+    recursion)."""
     flat: list[bytes] = []
     stack: list[Any] = [iter(data)]
     while stack:
@@ -335,8 +353,9 @@ def _flatten_strings(name: str, data: list[Any]) -> list[bytes]:
             stack.append(iter(value))
         else:
             raise InvalidInput(
-                f"input {name!r}: BYTES data must be strings, found {value!r} ({type(value).__name__}) at element "
-                f"{len(flat)}; send text as JSON strings, or arbitrary bytes with the binary extension"
+                f"input {name!r}: BYTES data must be strings, found {value!r} ({type(value).__name__}) "
+                f"at element {len(flat)}; send text as JSON strings, or arbitrary bytes with the binary "
+                "extension"
             )
     return flat
 
@@ -352,8 +371,8 @@ def _check_text(name: str, array: Tensor) -> None:
             value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidInput(
-                f"input {name!r}: BYTES element {index} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                "ONNX Runtime string tensors hold text, so encode each element as UTF-8"
+                f"input {name!r}: BYTES element {index} is not UTF-8 text ({exc.reason} at byte "
+                f"{exc.start}); ONNX Runtime string tensors hold text, so encode each element as UTF-8"
             ) from None
 
 
@@ -372,7 +391,8 @@ def output_plan(request: InferenceRequest, available: Collection[str]) -> dict[s
     for out in request.outputs:
         if out.name not in available:
             raise InvalidInput(
-                f"requested output {out.name!r} is not an output of this model; outputs are {sorted(available)}"
+                f"requested output {out.name!r} is not an output of this model; "
+                f"outputs are {sorted(available)}"
             )
         params = out.parameters
         if params and params.classification:

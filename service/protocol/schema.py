@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from service.repository.config import Datatype
 
-DATATYPE_NAMES: list[JsonValue] = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                  "FP16", "FP32", "FP64", "BYTES"]
+DATATYPE_NAMES: list[JsonValue] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]
 
 Parameters = dict[str, Any]
 """Free-form `parameters` object: values are strings, numbers or booleans."""
@@ -99,7 +101,10 @@ class RequestOutput(_Request):
 INFERENCE_REQUEST_EXAMPLE: dict[str, Any] = {
     "id": "42",
     "inputs": [
-        {"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]}
+        {
+            "name": "x", "shape": [2, 4], "datatype": "FP32",
+            "data": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]],
+        }
     ],
     "outputs": [{"name": "logits", "parameters": {"binary_data": False}}],
     "parameters": {"timeout": 2000000},
@@ -244,7 +249,9 @@ class ModelMetadataResponse(_Wire):
 class RepositoryIndexRequest(_Request):
     """Body of `POST /v2/repository/index`; the body itself is optional."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, json_schema_extra={"examples": [{"ready": True}]})
+    model_config = ConfigDict(
+        use_attribute_docstrings=True, json_schema_extra={"examples": [{"ready": True}]}
+    )
 
     repository_name: str | None = None
     """Accepted for compatibility; there is one repository."""
@@ -278,7 +285,8 @@ class RepositoryModelRequest(_Request):
     """Optional body of load/unload; tritonclient sends `parameters` (ignored here)."""
 
     model_config = ConfigDict(
-        use_attribute_docstrings=True, json_schema_extra={"examples": [{"parameters": {"unload_dependents": False}}]}
+        use_attribute_docstrings=True,
+        json_schema_extra={"examples": [{"parameters": {"unload_dependents": False}}]},
     )
 
     parameters: Parameters | None = None
@@ -290,7 +298,9 @@ class ErrorResponse(_Wire):
     model_config = ConfigDict(
         use_attribute_docstrings=True,
         json_schema_extra={
-            "examples": [{"error": "input 'x': data has 10 elements but shape [2, 4] needs 8", "code": "invalid_input"}]
+            "examples": [
+                {"error": "input 'x': data has 10 elements but shape [2, 4] needs 8", "code": "invalid_input"}
+            ]
         },
     )
 

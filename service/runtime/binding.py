@@ -145,8 +145,9 @@ class FixedBuckets:
         for spec in [*inputs, *outputs]:
             if spec.datatype == "BYTES" or fixed_shape(spec, 1) is None:
                 raise ValueError(
-                    f"tensor {spec.name!r} has shape {spec.shape} and type {spec.datatype}: fixed-shape buffers "
-                    "(and CUDA graphs) need numeric tensors whose dims after the batch axis are all static"
+                    f"tensor {spec.name!r} has shape {spec.shape} and type {spec.datatype}: fixed-shape "
+                    "buffers (and CUDA graphs) need numeric tensors whose dims after the batch axis are all "
+                    "static"
                 )
         self.sizes = sorted(set(sizes))
         self.device = device
@@ -185,7 +186,8 @@ class FixedBuckets:
                     binding.bind_ortvalue_output(spec.name, value)
         options = ort.RunOptions()
         # one captured graph per bucket; -1 (no capture) when graphs are off
-        options.add_run_config_entry("gpu_graph_id", str(self.sizes.index(size) + 1 if self.cuda_graph else -1))
+        graph_id = self.sizes.index(size) + 1 if self.cuda_graph else -1
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
         host = {spec.name: np.zeros(fixed_shape(spec, size) or [], dtype=NUMPY_DTYPES[spec.datatype])
                 for spec in self._input_specs}
         return _Bucket(size, binding, made["in"], made["out"], options, host)
@@ -239,7 +241,8 @@ def cuda_free_bytes() -> int | None:
 def is_out_of_memory(exc: BaseException) -> bool:
     """ONNX Runtime's allocation failures (its CUDA and CPU allocators word them differently)."""
     text = str(exc).lower()
-    return any(marker in text for marker in ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemory"))
+    markers = ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemory")
+    return any(marker in text for marker in markers)
 
 
 def batch_cap(run_at: Any, *, max_batch: int, free_bytes: Any, headroom: float = 0.1) -> int:

@@ -97,7 +97,8 @@ def _ort_input(array: Tensor) -> Tensor:
     if array.dtype.kind == "S":
         return np.char.decode(array, "utf-8").astype(object)
     if array.dtype == object and array.size and any(isinstance(v, bytes) for v in array.flat):
-        text: Tensor = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(array)
+        decode = np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])
+        text: Tensor = decode(array)
         return text
     return array
 
@@ -114,7 +115,8 @@ class OnnxSession:
         self._output_names = [spec.name for spec in self.outputs]
         self._bound: Callable[[TensorMap], TensorMap] | None = None
         self.binding = "off"
-        """How `run` reaches ONNX Runtime: "off" (session.run), "io_binding", or "fixed [sizes]" (+ " cuda_graph")."""
+        """How `run` reaches ONNX Runtime: "off" (session.run), "io_binding", or "fixed [sizes]"
+        (+ " cuda_graph")."""
         self.batch_cap: int | None = None
         """On CUDA: the largest batch size GPU memory holds, when below the configured max_batch_size."""
 
@@ -126,8 +128,9 @@ class OnnxSession:
         into the model's not-ready reason.
         """
         requested = resolve_providers(providers)
-        session = ort.InferenceSession(str(path), sess_options=session_options(config),
-                                       providers=binding.provider_list(requested, cuda_graph=config.cuda_graph))
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(config),
+            providers=binding.provider_list(requested, cuda_graph=config.cuda_graph))
         loaded = cls(session, path=path)
         mark_unusable(requested, loaded.providers)
         fallback = describe_fallback(providers, loaded.providers)
@@ -154,15 +157,17 @@ class OnnxSession:
             except Exception as exc:  # ONNX Runtime's own error types; the graph decides what it accepts
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 logger.warning(
-                    "%s: warm-up at batch %d failed, serving the model anyway (give inputs the graph accepts "
-                    "with `warmup: {inputs: {name: value}}` in config.yaml): %s", self.path, size, first_line[:300],
+                    "%s: warm-up at batch %d failed, serving the model anyway (give inputs the graph "
+                    "accepts with `warmup: {inputs: {name: value}}` in config.yaml): %s",
+                    self.path, size, first_line[:300],
                 )
                 return False
         return True
 
     def warm_up(self, shapes: Mapping[str, Sequence[int]] | None = None, *,
                 values: Mapping[str, float | list[Any]] | None = None, batch_size: int | None = None) -> None:
-        """Run once so the first request does not pay for lazy initialisation; raises what ONNX Runtime raises.
+        """Run once so the first request does not pay for lazy initialisation; raises what ONNX Runtime
+        raises.
 
         `shapes` (config input shapes by name) may pin dims the graph leaves dynamic; `values` gives an input
         a number (every element) or its exact nested lists instead of zeros; `batch_size` sets axis 0.
@@ -183,7 +188,8 @@ class OnnxSession:
         served through plain IO binding, with a warning."""
         device = binding.device_of(self.providers)
         batched = all(spec.shape[:1] == [-1] for spec in self.inputs)
-        limit = config.max_batch_size if config.max_batch_size is not None else (32 if batched else 0)  # as derive
+        # the default derive_config (repository/scan.py) gives
+        limit = config.max_batch_size if config.max_batch_size is not None else (32 if batched else 0)
         if device == "cuda" and batched and limit > 1:
             cap = binding.batch_cap(self._run_zeros, max_batch=limit, free_bytes=binding.cuda_free_bytes)
             if cap < limit:
@@ -193,23 +199,27 @@ class OnnxSession:
         if config.cuda_graph:
             sizes = [p for p in config.preferred_batch_sizes if p <= max(limit, 1)] or [max(limit, 1)]
             try:
-                buckets = binding.FixedBuckets(self._session, inputs=self.inputs, outputs=self.outputs, sizes=sizes,
-                                               device=device, cuda_graph=device == "cuda", fallback=self._plain_run)
+                buckets = binding.FixedBuckets(
+                    self._session, inputs=self.inputs, outputs=self.outputs, sizes=sizes, device=device,
+                    cuda_graph=device == "cuda", fallback=self._plain_run)
             except ValueError as exc:
                 logger.warning("%s: cuda_graph is off: %s", self.path, exc)
             else:
                 self._bound = buckets.run
                 self.binding = f"fixed {buckets.sizes}" + (" cuda_graph" if buckets.cuda_graph else "")
                 return
-        if config.io_binding == "on" or (config.io_binding == "auto" and device == "cuda") or config.cuda_graph:
+        if (config.io_binding == "on" or (config.io_binding == "auto" and device == "cuda")
+                or config.cuda_graph):
             staging = binding.Staging(binding.pinned_memory_info() if device == "cuda" else None)
             self._bound = binding.BoundRunner(self._session, output_names=self._output_names, device=device,
                                               staging=staging).run
             self.binding = "io_binding" + (" pinned" if staging.pinned else "")
 
     def _run_zeros(self, batch: int) -> None:
-        self._plain_run({spec.name: zeros_like_spec(spec.model_copy(update={"shape": [batch, *spec.shape[1:]]}))
-                         for spec in self.inputs})
+        self._plain_run({
+            spec.name: zeros_like_spec(spec.model_copy(update={"shape": [batch, *spec.shape[1:]]}))
+            for spec in self.inputs
+        })
 
     def run(self, inputs: TensorMap) -> TensorMap:
         """Every output, by name; synchronous (called in a worker thread)."""
