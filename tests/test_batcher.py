@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +71,8 @@ async def make_batcher() -> AsyncIterator[MakeBatcher]:
     async def factory(runners: Sequence[Runner], **overrides: Any) -> DynamicBatcher:
         options: dict[str, Any] = {
             "model": "m", "version": "1", "max_batch_size": 32, "max_queue_delay_ms": 5.0,
-            "preferred_batch_sizes": (), "max_queue_size": 64, "pad_values": {}, "provider": "CPUExecutionProvider",
+            "preferred_batch_sizes": (), "max_queue_size": 64, "pad_values": {},
+            "provider": "CPUExecutionProvider",
         }
         batcher = DynamicBatcher(runners=runners, **(options | overrides))
         await batcher.start()
@@ -98,14 +98,18 @@ async def hold_first_batch(batcher: DynamicBatcher, gated: Gated) -> asyncio.Tas
     return blocker
 
 
-async def submit_many(batcher: DynamicBatcher, counts: Sequence[int], *, timeout_s: float = 30) -> list[asyncio.Task[TensorMap]]:
+async def submit_many(
+    batcher: DynamicBatcher, counts: Sequence[int], *, timeout_s: float = 30
+) -> list[asyncio.Task[TensorMap]]:
     tasks = [asyncio.create_task(batcher.submit(x_of(n, float(i)), items=n, timeout_s=timeout_s))
              for i, n in enumerate(counts)]
     await asyncio.sleep(0)  # let every task run up to its enqueue
     return tasks
 
 
-async def test_a_lone_request_runs_at_once(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
+async def test_a_lone_request_runs_at_once(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
     batcher = await make_batcher([sessions["batch"].run], max_queue_delay_ms=3_600_000)
     # a wait for the one-hour delay would time out here; the bound is far above any loaded machine's compute
     out = await asyncio.wait_for(batcher.submit(x_of(3), items=3, timeout_s=3_600), 120)
@@ -129,7 +133,9 @@ async def test_concurrent_requests_share_one_batch_counting_items(
         assert out["y"].shape == (n, 4)
 
 
-async def test_batches_are_cut_at_max_batch_size(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
+async def test_batches_are_cut_at_max_batch_size(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
     gated = Gated(sessions["batch"].run, asyncio.get_running_loop())
     batcher = await make_batcher([gated], max_batch_size=4, max_queue_delay_ms=1)
     blocker = await hold_first_batch(batcher, gated)
@@ -140,9 +146,12 @@ async def test_batches_are_cut_at_max_batch_size(make_batcher: MakeBatcher, sess
     assert sizes == [4, 4, 4, 4, 3, 3]  # FIFO: [2, 2] [1, 3] [1, 2]; never more than 4 items
 
 
-async def test_preferred_batch_size_cuts_early(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
+async def test_preferred_batch_size_cuts_early(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
     gated = Gated(sessions["batch"].run, asyncio.get_running_loop())
-    batcher = await make_batcher([gated], max_batch_size=32, preferred_batch_sizes=[2, 4], max_queue_delay_ms=1)
+    batcher = await make_batcher(
+        [gated], max_batch_size=32, preferred_batch_sizes=[2, 4], max_queue_delay_ms=1)
     blocker = await hold_first_batch(batcher, gated)
     tasks = await submit_many(batcher, [1] * 6)
     gated.gate.set()
@@ -171,7 +180,8 @@ async def test_queue_delay_is_measured_from_the_oldest_request(
 
     async def stream() -> None:  # pairs, so the worker sees concurrent traffic and waits for more
         while not stop.is_set():
-            submitted.extend(asyncio.create_task(batcher.submit(x_of(1), items=1, timeout_s=60)) for _ in range(2))
+            submitted.extend(
+                asyncio.create_task(batcher.submit(x_of(1), items=1, timeout_s=60)) for _ in range(2))
             await asyncio.sleep(0.01)  # pacing of the traffic, not synchronisation
 
     producer = asyncio.create_task(stream())
@@ -189,18 +199,24 @@ async def test_a_busy_worker_does_not_restart_the_delay(
     make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
 ) -> None:
     """Requests that already waited past max_queue_delay while the model was busy run right away."""
+    delay_s = 2.0
     gated = Gated(sessions["batch"].run, asyncio.get_running_loop())
-    batcher = await make_batcher([gated], max_queue_delay_ms=2_000)
+    batcher = await make_batcher([gated], max_queue_delay_ms=int(delay_s * 1000))
     blocker = await hold_first_batch(batcher, gated)
     tasks = await submit_many(batcher, [1, 1])
-    await asyncio.sleep(2.2)  # the subject here is elapsed time: let both pass their delay
-    released = time.monotonic()
+    await asyncio.sleep(delay_s + 0.2)  # the subject here is elapsed time: let both pass their delay
     gated.gate.set()
+    # An ordering, not a stopwatch: a delay restarted at the take finishes them no sooner than one
+    # whole delay after the release, so they must finish before a timer of one delay started now;
+    # a slow machine has that whole delay (not a fraction of it) to run the two batches.
+    _, late = await asyncio.wait(tasks, timeout=delay_s)
     await asyncio.gather(blocker, *tasks)
-    assert time.monotonic() - released < 1.5  # waiting another 2 s from the take would fail
+    assert not late, "the jobs waited another max_queue_delay after the busy worker took them"
 
 
-async def test_full_queue_refuses_at_once(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
+async def test_full_queue_refuses_at_once(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
     gated = Gated(sessions["batch"].run, asyncio.get_running_loop())
     batcher = await make_batcher([gated], max_queue_size=2)
     blocker = await hold_first_batch(batcher, gated)
@@ -212,7 +228,9 @@ async def test_full_queue_refuses_at_once(make_batcher: MakeBatcher, sessions: d
     await asyncio.gather(blocker, *tasks)
 
 
-async def test_a_timed_out_request_is_not_computed(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
+async def test_a_timed_out_request_is_not_computed(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
     gated = Gated(sessions["batch"].run, asyncio.get_running_loop())
     batcher = await make_batcher([gated])
     blocker = await hold_first_batch(batcher, gated)
@@ -232,7 +250,8 @@ async def test_a_failing_batch_fails_all_its_jobs_and_the_worker_survives(
     gated = Gated(sessions["batch"].run, asyncio.get_running_loop(), fail_on=13.0)
     batcher = await make_batcher([gated])
     blocker = await hold_first_batch(batcher, gated)
-    doomed = [asyncio.create_task(batcher.submit(x_of(1, v), items=1, timeout_s=30)) for v in (13.0, 1.0, 2.0)]
+    doomed = [asyncio.create_task(batcher.submit(x_of(1, v), items=1, timeout_s=30))
+              for v in (13.0, 1.0, 2.0)]
     await asyncio.sleep(0)
     gated.gate.set()
     await blocker
@@ -318,7 +337,9 @@ async def test_batching_off_runs_each_request_alone_untouched(
     assert gated.batches[1]["x"] is requests[0]["x"]
 
 
-async def test_instances_run_batches_in_parallel(make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]) -> None:
+async def test_instances_run_batches_in_parallel(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
     barrier = threading.Barrier(2, timeout=20)
 
     def meet_then_run(inputs: TensorMap) -> TensorMap:

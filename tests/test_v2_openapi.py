@@ -42,9 +42,14 @@ CHECKS = [
     checks.response_schema_conformance, checks.response_headers_conformance, checks.negative_data_rejection,
 ]
 """No 5xx, no undocumented status, content type, body or header; schema-invalid input is refused (4xx).
-Not `positive_data_acceptance`: a schema-valid tensor rarely matches a model's inputs, and 400 is right then."""
+Not `positive_data_acceptance`: a schema-valid tensor rarely matches a model's inputs, and 400 is
+right then."""
 SEEN: Counter[tuple[str, int]] = Counter()
 """(operation, status) of every generated request, to show the run reached the models."""
+Run = tuple[str, str, schemathesis.GenerationMode, str | None]
+VALID = "valid infer requests"
+RAN: set[Run | str] = set()
+"""The RUNS (and VALID) explored so far in this session (a `-k` selection or one test runs only some)."""
 REPOSITORY_OPERATIONS = ("/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload")
 HEADER = "Inference-Header-Content-Length"
 
@@ -71,7 +76,9 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
                     config={"version_policy": {"policy": "all"}})
     write_model(repo, "broken", b"this is not an onnx file")
     write_model(repo, "spare", classifier_model(seed=2))
-    app = create_app(Settings(model_repository=repo, providers=["CPUExecutionProvider"], max_request_bytes=1 << 20))
+    app = create_app(
+        Settings(model_repository=repo, providers=["CPUExecutionProvider"], max_request_bytes=1 << 20)
+    )
     schema = schemathesis.openapi.from_dict(_pin_path_parameters(app.openapi()))
     schema.app = app  # what `from_asgi` sets: requests go to the app in process
     yield schema
@@ -79,7 +86,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
 
 
 def _client_timeout_us(case: schemathesis.Case) -> int:
-    """The `parameters.timeout` an infer request set (0 when none), from a JSON body or a binary body's header."""
+    """The `parameters.timeout` an infer request set (0 when none), from a JSON body or a binary
+    body's header."""
     body = case.body
     if isinstance(body, bytes):
         length = (case.headers or {}).get(HEADER, "")
@@ -126,16 +134,25 @@ RUNS = [
 # `schemathesis.pytest.from_fixture(...).parametrize()` reads `request.node._nodeid`, which pytest 9
 # no longer has (schemathesis 4.32 `pytest/lazy.py`); drawing each operation's `as_strategy()` inside
 # a hypothesis test is the other documented way and needs no app at import time.
-@pytest.mark.parametrize(("path", "method", "mode", "media"), RUNS,
-                         ids=[f"{m} {p} {g.value} {b or 'any body'}" for p, m, g, b in RUNS])
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
-def test_v2_routes_never_fail_with_5xx_and_answer_as_documented(
-    api_schema: schemathesis.BaseSchema, path: str, method: str, mode: schemathesis.GenerationMode, media: str | None,
-    data: st.DataObject,
+def explore(
+    api_schema: schemathesis.BaseSchema, path: str, method: str, mode: schemathesis.GenerationMode,
+    media: str | None, data: st.DataObject,
 ) -> None:
+    """Generated requests for one operation; `_call_and_validate` raises on any failed check."""
     case = data.draw(api_schema[path][method].as_strategy(generation_mode=mode, media_type=media))
     _call_and_validate(case)
+
+
+@pytest.mark.parametrize(("path", "method", "mode", "media"), RUNS,
+                         ids=[f"{m} {p} {g.value} {b or 'any body'}" for p, m, g, b in RUNS])
+def test_v2_routes_never_fail_with_5xx_and_answer_as_documented(
+    api_schema: schemathesis.BaseSchema, path: str, method: str, mode: schemathesis.GenerationMode,
+    media: str | None,
+) -> None:
+    explore(api_schema, path, method, mode, media)
+    RAN.add((path, method, mode, media))
 
 
 # ---- requests built to be valid ----------------------------------------------------------------------
@@ -183,7 +200,9 @@ def _valid_request(draw: st.DrawFn, model: str) -> tuple[dict[str, Any], bytes |
     outputs = [f"{name}_out" for name, _ in IDENT] if model == "ident" else ["logits"]
     chosen = draw(st.lists(st.sampled_from(outputs), unique=True, max_size=3))
     if chosen:
-        header["outputs"] = [{"name": name, "parameters": {"binary_data": draw(st.booleans())}} for name in chosen]
+        header["outputs"] = [
+            {"name": name, "parameters": {"binary_data": draw(st.booleans())}} for name in chosen
+        ]
     parameters = draw(st.fixed_dictionaries({}, optional={
         "binary_data_output": st.booleans(),
         "timeout": st.one_of(st.just(0), st.integers(1, 50), st.integers(10**7, 2**64 - 1)),
@@ -214,12 +233,18 @@ def _case(api_schema: schemathesis.BaseSchema, model: str, version: str | None, 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
-def test_valid_infer_requests_answer_as_documented(api_schema: schemathesis.BaseSchema, data: st.DataObject) -> None:
+def explore_valid(api_schema: schemathesis.BaseSchema, data: st.DataObject) -> None:
+    """Valid infer requests to SERVED: each answers 200, or 504 when it set its own short timeout."""
     model, version = data.draw(st.sampled_from(SERVED))
     header, raw = data.draw(_valid_request(model))
     timeout = header.get("parameters", {}).get("timeout", 0)
     response = _call_and_validate(_case(api_schema, model, version, header, raw))
     assert response.status_code == 200 or (response.status_code == 504 and 0 < timeout <= 50), response.text
+
+
+def test_valid_infer_requests_answer_as_documented(api_schema: schemathesis.BaseSchema) -> None:
+    explore_valid(api_schema)
+    RAN.add(VALID)
 
 
 def test_binary_bytes_that_are_not_utf8_are_refused(api_schema: schemathesis.BaseSchema) -> None:
@@ -229,7 +254,9 @@ def test_binary_bytes_that_are_not_utf8_are_refused(api_schema: schemathesis.Bas
               for name, datatype in IDENT if datatype != "BYTES"]
     elements = [b"ok", "h\u00e9".encode(), b"\xff\xfe"]
     raw = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
-    inputs.append({"name": "bytes", "datatype": "BYTES", "shape": [1, 3], "parameters": {"binary_data_size": len(raw)}})
+    inputs.append(
+        {"name": "bytes", "datatype": "BYTES", "shape": [1, 3], "parameters": {"binary_data_size": len(raw)}}
+    )
     response = _call_and_validate(_case(api_schema, "ident", None, {"inputs": inputs}, raw))
     assert response.status_code == 400, response.text
     assert "input 'bytes': BYTES element 2 is not UTF-8 text" in response.json()["error"]
@@ -243,10 +270,17 @@ async def test_root_serves_the_try_it_page(api_schema: schemathesis.BaseSchema) 
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
 
 
-def test_the_run_reached_the_models() -> None:
-    """Guards against a run that only ever met 404s or schema errors (or did not run at all)."""
-    if not SEEN:
-        pytest.skip("the schemathesis tests did not run in this session")
+def test_the_run_reached_the_models(api_schema: schemathesis.BaseSchema) -> None:
+    """Guards against a run that only ever met 404s or schema errors. Run alone (or after a `-k`
+    selection), it explores the RUNS (and VALID) the session has not, so it never depends on the
+    other tests."""
+    for run in RUNS:
+        if run not in RAN:
+            explore(api_schema, *run)
+            RAN.add(run)
+    if VALID not in RAN:
+        explore_valid(api_schema)
+        RAN.add(VALID)
     ok = {label for (label, status), count in SEEN.items() if status == 200 and count}
     assert {f"POST {INFER}", f"POST {INFER_VERSION}"} <= ok, SEEN
     assert sum(SEEN.values()) >= 100, SEEN
