@@ -3,7 +3,7 @@
     deepserve-train build --out model_repository [cnn mlp text speech] [--quick] [--epochs N]
                           [--seed S] [--device cpu] [--data PATH] [--version V] [--threads N]
     deepserve-train list
-    deepserve-train quantize --repo REPO [cnn mlp text speech]   INT8 variants <name>-int8 (models/quantize.py)
+    deepserve-train quantize --repo REPO [cnn mlp text speech]  INT8 variants <name>-int8 (models/quantize.py)
 
 Every requested family is built even when one fails; the exit code is 1 if any failed (parity,
 export, training errors), 2 for bad usage (unknown family, family modules that failed to import).
