@@ -5,13 +5,16 @@
 Starts `python -m service serve` on a loopback port over REPO, then for each concurrency (1 and 8) and
 each round runs every model of every pair for `--seconds` with that many concurrent clients (httpx),
 alternating, so both sides of a pair see the same machine. Image models get a v2 infer of one held-out
-digit (JSON); text models a /v1 predict of a tweet. Reports req/s, p50 latency and the ratio per pair.
+digit (JSON); text models a /v1 predict of a tweet; speech models a /v1 predict of a 2 s WAV (base64).
+Reports req/s, p50 latency and the ratio per pair.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import os
 import statistics
 import subprocess
@@ -22,6 +25,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
 TWEET = "@united thanks for the quick rebooking, the crew in Denver was great!"
@@ -31,11 +35,23 @@ def request_for(model: str, metadata: dict[str, Any]) -> tuple[str, dict[str, An
     task = (metadata.get("parameters") or {}).get("task") or {}
     if task.get("type") in ("text-classification", "embedding"):
         return f"/v1/models/{model}/predict", {"text": TWEET}
+    if task.get("type") in ("speech-recognition", "audio-classification"):
+        return f"/v1/models/{model}/predict", {"audio": wav_base64(seconds=2.0)}
     spec = metadata["inputs"][0]
     shape = [1 if d < 0 else d for d in spec["shape"]]
     data = np.random.default_rng(0).random(int(np.prod(shape))).round(4).tolist()
     return f"/v2/models/{model}/infer", {"inputs": [{"name": spec["name"], "datatype": spec["datatype"],
                                                       "shape": shape, "data": data}]}
+
+
+def wav_base64(*, seconds: float, rate: int = 16000) -> str:
+    """A chirp with a little noise, as 16-bit mono WAV: the model's cost depends on the length only."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    wave = 0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t) + 0.01 * rng.standard_normal(len(t))
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave.astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 async def load(client: httpx.AsyncClient, path: str, body: dict[str, Any], *, concurrency: int,
