@@ -72,9 +72,10 @@ class Settings(BaseSettings):
     codec_workers: int = Field(1, ge=0)
     """Worker processes that decode big v2 request bodies and encode big JSON responses, so the event
     loop keeps serving other requests meanwhile; 0 does everything on the event loop."""
-    codec_offload_bytes: int = Field(256 * 1024, ge=0)
+    codec_offload_bytes: int = Field(512 * 1024, ge=0)
     """Bodies (and estimated JSON answers) from this many bytes on go to the codec workers; smaller ones
-    are handled inline, where a round trip to a process would cost more than the work."""
+    are handled inline (at most a few ms of event-loop time each), where a round trip to a process
+    would cost more CPU than the work."""
     infer_fast_path: bool = True
     """Serve `POST /v2/.../infer` from a pure ASGI middleware (same code as the documented FastAPI route,
     without its routing and dependency overhead); false serves it through the FastAPI route."""
