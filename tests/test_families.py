@@ -171,9 +171,9 @@ async def test_served_autoencoder_flags_a_blank_page_and_letters_but_not_digits(
     predictions = response.json()["predictions"]
     threshold = predictions[0]["threshold"]
     blank_p, letter_p, digit_p = predictions[0], predictions[1:21], predictions[21:]
-    # the quick model (seed 0) gave: blank 1.41x the threshold; letters 17 of 20 above, median 1.27x;
-    # digits 20 of 20 below, median 0.67x
-    assert blank_p["is_anomaly"] and blank_p["score"] > 1.2 * threshold
+    # the quick model (seed 0) gave: blank 5.7x the threshold; letters 17 of 20 above, median 1.37x;
+    # digits 20 of 20 below, median 0.68x. A bias-free net rebuilds an empty page as 0.5 grey: 0.25.
+    assert blank_p["is_anomaly"] and blank_p["score"] == pytest.approx(0.25, abs=1e-6)
     assert sum(p["is_anomaly"] for p in letter_p) >= 14, [p["score"] for p in letter_p]
     assert sum(not p["is_anomaly"] for p in digit_p) >= 18, [p["score"] for p in digit_p]
     assert np.median([p["score"] for p in digit_p]) < 0.8 * threshold
@@ -194,5 +194,6 @@ async def test_served_gan_draws_what_the_cnn_reads(built: dict[str, FamilyResult
     assert (drawn.json()["width"], drawn.json()["height"]) == (28, 28) and len(images) == 50
     labels = [p["labels"][0]["label"] for p in read.json()["predictions"]]
     agreement = np.mean([got == i["label"] for got, i in zip(labels, images, strict=True)])
-    # more often than chance (0.1); the quick generator (~220 steps) reached 0.18 here (9 of 50)
-    assert agreement > 0.1, (agreement, labels)
+    # far more often than chance (0.1): the quick generator (~220 steps) agrees 0.97 on the recipe's
+    # 100 digits per class
+    assert agreement > 0.5, (agreement, labels)

@@ -36,10 +36,14 @@ class Generator(nn.Module):
         w = cfg.g_width
         self.embed = nn.Embedding(cfg.classes, cfg.embed_dim)
         self.project = nn.Sequential(
-            nn.Linear(cfg.noise_dim + cfg.embed_dim, 2 * w * 7 * 7, bias=False), nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU()
+            nn.Linear(cfg.noise_dim + cfg.embed_dim, 2 * w * 7 * 7, bias=False),
+            nn.BatchNorm1d(2 * w * 7 * 7),
+            nn.ReLU(),
         )
         self.body = nn.Sequential(
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1, bias=False),  # 7 -> 14
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
             nn.ConvTranspose2d(w, 1, 4, stride=2, padding=1), nn.Tanh(),  # 14 -> 28
         )
 
