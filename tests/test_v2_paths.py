@@ -8,9 +8,11 @@ inline codec gives, for successes and errors alike.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -250,3 +252,25 @@ async def test_big_bodies_are_served_where_no_temporary_file_can_be_made(
         np.testing.assert_array_equal(decoded.inputs["x"], x)
     finally:
         pool.close()
+
+
+async def test_a_body_waiting_for_busy_codec_workers_times_out(repo: Path) -> None:
+    """Bodies queue for the codec workers inside the request's timeout: with the one worker busy decoding
+    big bodies for another model, a request whose model allows 0.3 s gets a 504 saying why, not a wait
+    as long as the queue; the big bodies are still answered."""
+    write_model(repo, "patient", classifier_model(), config={"max_batch_size": 0, "request_timeout_s": 120})
+    write_model(repo, "hasty", classifier_model(), config={"request_timeout_s": 0.3})
+    heavy = x_body(np.zeros((1_000_000, 4), dtype=np.float32),
+                   outputs=[{"name": "logits", "parameters": {"binary_data": True}}])
+    async with serve(repo, codec_workers=1, codec_offload_bytes=0) as (_, client):
+        busy = [asyncio.create_task(client.post("/v2/models/patient/infer", content=heavy)) for _ in range(4)]
+        while offloaded("decode") == 0:  # the first big body has reached the worker
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        hasty = await client.post("/v2/models/hasty/infer", content=x_body(np.ones((1, 4), dtype=np.float32)))
+        waited = time.monotonic() - started
+        answers = await asyncio.gather(*busy)
+    assert hasty.status_code == 504, hasty.text
+    assert hasty.json()["code"] == "timeout" and "codec workers are busy" in hasty.json()["error"]
+    assert waited < 30, f"the 0.3 s request waited {waited:.1f} s"
+    assert [a.status_code for a in answers] == [200] * 4, [a.text[:200] for a in answers]

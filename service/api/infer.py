@@ -10,19 +10,21 @@ is counted in the metrics once either way. Every answer carries `Server-Timing`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service import metrics
 from service.api.timing import SERVER_TIMING, server_timing, start
-from service.errors import InvalidInput, ModelNotReady
+from service.errors import InvalidInput, ModelNotReady, RequestTimeout
 from service.protocol import codec
 from service.protocol.binary import HEADER_LENGTH
-from service.protocol.codec import DecodeLimits
-from service.protocol.pool import CodecPool
+from service.protocol.codec import DecodedRequest, DecodeLimits
+from service.protocol.pool import Body, CodecPool
 from service.protocol.schema import InferenceRequest
 from service.repository.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
@@ -73,13 +75,16 @@ async def _infer(request: Request, *, name: str, version: str | None) -> Respons
         with metrics.track_lookup(metrics.V2_INFER, name, version):  # unknown names are not counted
             model = registry.get(name, version)
         with metrics.track(metrics.V2_INFER, model.name, model.version):
-            headers = request.headers
-            decoded = await pool.decode(body, content_encoding=headers.get("content-encoding"),
-                                        header_length=headers.get(HEADER_LENGTH))
+            started = time.monotonic()
+            decoded = await decode(pool, body, request, limit_s=default_timeout_s(model, settings))
             infer_request = decoded.request
             declared = [spec.name for spec in model.config.outputs]
             plan = codec.output_plan(infer_request, declared) if declared else None
-            outputs = await model.infer(decoded.inputs, timeout_s=timeout_s(infer_request, model, settings))
+            left_s = timeout_s(infer_request, model, settings) - (time.monotonic() - started)
+            if left_s <= 0:
+                raise RequestTimeout("decoding the request body used up its whole timeout; retry later, or send "
+                                     "binary tensors, which need no decoding")
+            outputs = await model.infer(decoded.inputs, timeout_s=left_s)
             if plan is None:
                 plan = codec.output_plan(infer_request, list(outputs))
             encoded = await pool.encode(outputs, plan, model_name=model.name, model_version=model.version,
@@ -90,12 +95,31 @@ async def _infer(request: Request, *, name: str, version: str | None) -> Respons
     return Response(encoded.body, media_type=encoded.media_type, headers=extra)
 
 
+async def decode(pool: CodecPool, body: Body, request: Request, *, limit_s: float) -> DecodedRequest:
+    """The body decoded, or a 504 after `limit_s`: a body waiting for a busy codec worker (which runs at
+    a lower CPU priority, so a saturated machine can starve it) must not wait for ever."""
+    headers = request.headers
+    try:
+        async with asyncio.timeout(limit_s):
+            return await pool.decode(body, content_encoding=headers.get("content-encoding"),
+                                     header_length=headers.get(HEADER_LENGTH))
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body was not decoded within {limit_s:g} s: the server's codec workers are busy; "
+            "retry later, or send binary tensors, which need no decoding"
+        ) from None
+
+
+def default_timeout_s(model: LoadedModel, settings: Settings) -> float:
+    return model.config.request_timeout_s or settings.request_timeout_s
+
+
 def timeout_s(request: InferenceRequest, model: LoadedModel, settings: Settings) -> float:
     """The request's `parameters.timeout` (microseconds, Triton's unit), capped at the model's default.
 
     0 or absent means the default: the model's `request_timeout_s`, else the server's.
     """
-    default = model.config.request_timeout_s or settings.request_timeout_s
+    default = default_timeout_s(model, settings)
     asked = request.parameters.timeout if request.parameters else None
     if asked is None or asked == 0:
         return default

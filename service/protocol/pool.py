@@ -127,10 +127,19 @@ class CodecPool:
             body.discard()
 
     def close(self) -> None:
-        """Stop the worker processes (waits for them to exit; running jobs are abandoned)."""
+        """Stop the worker processes now: running jobs are abandoned (their requests were answered or
+        cancelled by then). Terminated, not waited for: a niced worker on a saturated machine can take
+        minutes to finish a job, and shutdown must not wait on it."""
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            # ProcessPoolExecutor has no public way to stop busy workers before Python 3.14
+            # (terminate_workers); its `_processes` maps pid -> multiprocessing.Process.
+            processes = list(getattr(executor, "_processes", {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join(timeout=5)
         folder, self._folder = self._folder, None
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
