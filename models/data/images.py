@@ -74,7 +74,9 @@ def stretch(images: Floats) -> Floats:
 
 def find_fonts(dirs: tuple[Path, ...] = FONT_DIRS) -> list[Path]:
     """TrueType/OpenType fonts on the machine that draw ten distinct digits (drops symbol fonts)."""
-    paths = sorted(p for d in dirs if d.is_dir() for p in d.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+    paths = sorted(
+        p for d in dirs if d.is_dir() for p in d.rglob("*") if p.suffix.lower() in (".ttf", ".otf")
+    )
     usable = []
     for path in paths:
         try:
@@ -103,7 +105,10 @@ def _render_one(font: ImageFont.FreeTypeFont, digit: str, rng: np.random.Generat
     inv = np.linalg.inv(fwd)
     offset = np.array([64.0, 64.0]) - inv @ np.array([64.0, 64.0])
     canvas = canvas.transform(
-        canvas.size, Image.Transform.AFFINE, (*inv[0], offset[0], *inv[1], offset[1]), Image.Resampling.BILINEAR
+        canvas.size,
+        Image.Transform.AFFINE,
+        (*inv[0], offset[0], *inv[1], offset[1]),
+        Image.Resampling.BILINEAR,
     )
     if rng.random() < 0.5:
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
@@ -132,7 +137,9 @@ def _glyph_counts(canvas: Image.Image, rng: np.random.Generator) -> npt.NDArray[
     return on.reshape(8, 4, 8, 4).sum(axis=(1, 3))  # (32, 32) -> (8, 8) counts of 4x4 blocks
 
 
-def render_font_digits(*, per_class: int, seed: int, fonts: list[Path]) -> tuple[Floats, npt.NDArray[np.int64]]:
+def render_font_digits(
+    *, per_class: int, seed: int, fonts: list[Path]
+) -> tuple[Floats, npt.NDArray[np.int64]]:
     """`per_class` rendered images of each digit, cycling through `fonts`: (10*per_class, 28, 28), labels."""
     if not fonts or per_class <= 0:
         return np.zeros((0, SIZE, SIZE), dtype=np.float32), np.zeros(0, dtype=np.int64)
@@ -165,7 +172,8 @@ def digits(*, seed: int, fonts_per_class: int, real_fraction: float = 1.0) -> Im
         x, y, test_size=HELDOUT_FRACTION, stratify=y, random_state=SPLIT_SEED
     )
     if real_fraction < 1.0:
-        keep = np.random.default_rng(seed).permutation(len(train_x))[: max(10, int(len(train_x) * real_fraction))]
+        keep_count = max(10, int(len(train_x) * real_fraction))
+        keep = np.random.default_rng(seed).permutation(len(train_x))[:keep_count]
         train_x, train_y = train_x[keep], train_y[keep]
     fonts = find_fonts()
     font_x, font_y = render_font_digits(per_class=fonts_per_class, seed=seed, fonts=fonts)
@@ -176,7 +184,8 @@ def digits(*, seed: int, fonts_per_class: int, real_fraction: float = 1.0) -> Im
         test_y=torch.from_numpy(test_y),
         labels=list(DIGITS),
         source={
-            "train": f"scikit-learn load_digits (UCI optdigits, 8x8 upscaled) train split + {len(font_y)} font-rendered digits",
+            "train": "scikit-learn load_digits (UCI optdigits, 8x8 upscaled) train split"
+            f" + {len(font_y)} font-rendered digits",
             "heldout": "scikit-learn load_digits held-out split (real handwriting only)",
             "split": f"stratified {HELDOUT_FRACTION:.0%} held out, random_state={SPLIT_SEED}",
             "real_train": len(train_y),
@@ -201,7 +210,13 @@ def load_folder(path: Path, *, seed: int) -> ImageData:
     if len(classes) < 2:
         raise ValueError(f"{path}: expected one sub-folder per class (at least 2), found {classes}")
     task = ImageClassificationTask(
-        input="image", output="logits", size=(SIZE, SIZE), channels="L", resize="ink", invert="auto", autocontrast=True
+        input="image",
+        output="logits",
+        size=(SIZE, SIZE),
+        channels="L",
+        resize="ink",
+        invert="auto",
+        autocontrast=True,
     )
     images, labels = [], []
     for label, name in enumerate(classes):
@@ -222,7 +237,8 @@ def load_folder(path: Path, *, seed: int) -> ImageData:
         labels=classes,
         source={
             "train": f"image folder {path} ({len(classes)} classes)",
-            "heldout": f"image folder {path}, stratified {HELDOUT_FRACTION:.0%} held out, random_state={SPLIT_SEED}",
+            "heldout": f"image folder {path}, stratified {HELDOUT_FRACTION:.0%} held out,"
+            f" random_state={SPLIT_SEED}",
             "real_train": len(train_y),
             "heldout_size": len(test_y),
         },
@@ -248,12 +264,16 @@ OOD_SETS = ("letters", "strokes", "noise", "inverted", "blank")
 
 
 def render_font_letters(*, count: int, seed: int, fonts: list[Path]) -> Floats:
-    """`count` letters from LETTERS through the same render -> 8x8 counts -> upscale pipeline as the digits."""
+    """`count` letters from LETTERS through the same render -> 8x8 counts -> upscale pipeline as the
+    digits."""
     if not fonts or count <= 0:
         return np.zeros((0, SIZE, SIZE), dtype=np.float32)
     rng = np.random.default_rng(seed)
     loaded = [ImageFont.truetype(str(p), 80) for p in fonts]
-    counts = [_render_one(loaded[i % len(loaded)], LETTERS[int(rng.integers(len(LETTERS)))], rng) for i in range(count)]
+    counts = [
+        _render_one(loaded[i % len(loaded)], LETTERS[int(rng.integers(len(LETTERS)))], rng)
+        for i in range(count)
+    ]
     return upscale_counts(np.stack(counts))
 
 
@@ -283,7 +303,9 @@ def noise_images(*, count: int, seed: int) -> Floats:
     rng = np.random.default_rng(seed)
     white = rng.random((count, SIZE, SIZE)).astype(np.float32)
     blurred = torch.as_tensor(rng.random((count, 1, SIZE // 4, SIZE // 4)).astype(np.float32))
-    blurred = F.interpolate(blurred, size=(SIZE, SIZE), mode="bicubic", align_corners=False).squeeze(1).numpy()
+    blurred = (
+        F.interpolate(blurred, size=(SIZE, SIZE), mode="bicubic", align_corners=False).squeeze(1).numpy()
+    )
     keep = np.arange(count) % 2 == 0
     return stretch(np.where(keep[:, None, None], white, blurred).astype(np.float32))
 

@@ -93,7 +93,9 @@ def read_labelled_csv(path: Path) -> tuple[list[tuple[str, int]], tuple[str, ...
     with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected a header with columns 'text' and 'label', got {reader.fieldnames}")
+            raise ValueError(
+                f"{path}: expected a header with columns 'text' and 'label', got {reader.fieldnames}"
+            )
         pairs = [((r["text"] or "").strip(), (r["label"] or "").strip()) for r in reader]
     names = {label for _, label in pairs}
     if names <= {str(i) for i in range(len(LABELS))}:
@@ -125,7 +127,11 @@ def clean(rows: Sequence[tuple[str, int]]) -> tuple[list[tuple[str, int]], dict[
 
 
 def split(
-    rows: Sequence[tuple[str, int]], *, seed: int, fractions: tuple[float, float] = (0.1, 0.1), limit: int | None = None
+    rows: Sequence[tuple[str, int]],
+    *,
+    seed: int,
+    fractions: tuple[float, float] = (0.1, 0.1),
+    limit: int | None = None,
 ) -> tuple[TextSplit, TextSplit, TextSplit]:
     """Stratified train / validation / test split; `fractions` are (validation, test).
 
@@ -207,9 +213,13 @@ def train_tokenizer(texts: Sequence[str], *, vocab_size: int = 8000, min_frequen
         show_progress=False,
     )
     draft.train_from_iterator(texts, trainer=trainer)
-    tok = _wordpiece_tokenizer(models.WordPiece(draft.get_vocab(), unk_token=UNK, max_input_chars_per_word=50))
+    tok = _wordpiece_tokenizer(
+        models.WordPiece(draft.get_vocab(), unk_token=UNK, max_input_chars_per_word=50)
+    )
     tok.add_special_tokens([PAD, UNK, CLS])
-    tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, tok.token_to_id(CLS))])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A", special_tokens=[(CLS, tok.token_to_id(CLS))]
+    )
     return tok
 
 
@@ -236,7 +246,9 @@ class TokenBatches(torch.utils.data.IterableDataset[tuple[Tensor, Tensor, Tensor
     (shuffle, then sort inside chunks of 50 batches) so little compute goes to padding.
     """
 
-    def __init__(self, ids: Sequence[Sequence[int]], labels: Sequence[int], *, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, ids: Sequence[Sequence[int]], labels: Sequence[int], *, batch_size: int, seed: int
+    ) -> None:
         self.ids, self.labels, self.batch_size = list(ids), list(labels), batch_size
         self.rng = random.Random(seed)
 

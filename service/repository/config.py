@@ -15,7 +15,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
 ]
 
 
@@ -84,7 +96,9 @@ class ImageInput(_Strict):
         channels = 3 if self.channels == "RGB" else 1
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, channels):
-                raise ValueError(f"task.{name} has {len(values)} values; give 1 or {channels} (channels {self.channels})")
+                raise ValueError(
+                    f"task.{name} has {len(values)} values; give 1 or {channels} (channels {self.channels})"
+                )
         if any(s == 0 for s in self.std):
             raise ValueError("task.std must not contain 0")
         return self
@@ -150,7 +164,9 @@ class ImageGenerationTask(_Strict):
     @model_validator(mode="after")
     def _check(self) -> ImageGenerationTask:
         if self.label_input and not self.labels:
-            raise ValueError("task.labels is empty: a conditional generator (label_input set) needs its class names")
+            raise ValueError(
+                "task.labels is empty: a conditional generator (label_input set) needs its class names"
+            )
         if self.value_range[0] == self.value_range[1]:
             raise ValueError("task.value_range must span a range, e.g. [0, 1]")
         return self
@@ -254,14 +270,20 @@ class EmbeddingTask(_Strict):
 
 
 TaskConfig = Annotated[
-    ImageClassificationTask | TextClassificationTask | SpeechRecognitionTask | AudioClassificationTask | EmbeddingTask
-    | AnomalyDetectionTask | ImageGenerationTask,
+    ImageClassificationTask
+    | TextClassificationTask
+    | SpeechRecognitionTask
+    | AudioClassificationTask
+    | EmbeddingTask
+    | AnomalyDetectionTask
+    | ImageGenerationTask,
     Field(discriminator="type"),
 ]
 
 
 class Warmup(_Strict):
-    """Values fed at warm-up instead of zeros (graphs that refuse zeros: a sample rate of 0, an empty text)."""
+    """Values fed at warm-up instead of zeros (graphs that refuse zeros: a sample rate of 0, an empty
+    text)."""
 
     inputs: dict[str, float | list[Any]] = {}
     """Input name -> a number (every element of the warm-up tensor) or nested lists of the exact tensor."""
@@ -335,7 +357,8 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if self.max_batch_size and any(p > self.max_batch_size for p in self.preferred_batch_sizes):
             raise ValueError(
-                f"preferred_batch_sizes {self.preferred_batch_sizes} exceed max_batch_size {self.max_batch_size}"
+                f"preferred_batch_sizes {self.preferred_batch_sizes}"
+                f" exceed max_batch_size {self.max_batch_size}"
             )
         return self
 
