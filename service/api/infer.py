@@ -10,7 +10,6 @@ is counted in the metrics once either way. Every answer carries `Server-Timing`.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
@@ -23,8 +22,8 @@ from service.api.timing import SERVER_TIMING, server_timing, start
 from service.errors import InvalidInput, ModelNotReady, RequestTimeout
 from service.protocol import codec
 from service.protocol.binary import HEADER_LENGTH
-from service.protocol.codec import DecodedRequest, DecodeLimits
-from service.protocol.pool import Body, CodecPool
+from service.protocol.codec import DecodeLimits
+from service.protocol.pool import CodecPool
 from service.protocol.schema import InferenceRequest
 from service.repository.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
@@ -76,38 +75,26 @@ async def _infer(request: Request, *, name: str, version: str | None) -> Respons
             model = registry.get(name, version)
         with metrics.track(metrics.V2_INFER, model.name, model.version):
             started = time.monotonic()
-            decoded = await decode(pool, body, request, limit_s=default_timeout_s(model, settings))
+            headers = request.headers
+            limit_s = default_timeout_s(model, settings)
+            decoded = await pool.decode(body, content_encoding=headers.get("content-encoding"),
+                                        header_length=headers.get(HEADER_LENGTH), limit_s=limit_s)
             infer_request = decoded.request
             declared = [spec.name for spec in model.config.outputs]
             plan = codec.output_plan(infer_request, declared) if declared else None
             left_s = timeout_s(infer_request, model, settings) - (time.monotonic() - started)
             if left_s <= 0:
-                raise RequestTimeout("decoding the request body used up its whole timeout; retry later, or send "
-                                     "binary tensors, which need no decoding")
+                raise RequestTimeout("decoding the request body used up its whole timeout; retry later, "
+                                     "or send binary tensors, which need no decoding")
             outputs = await model.infer(decoded.inputs, timeout_s=left_s)
             if plan is None:
                 plan = codec.output_plan(infer_request, list(outputs))
             encoded = await pool.encode(outputs, plan, model_name=model.name, model_version=model.version,
-                                        request_id=infer_request.id)
+                                        request_id=infer_request.id, limit_s=limit_s)
     finally:
         pool.release(body)  # a spooled body's file goes now, whatever happened
     extra = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
     return Response(encoded.body, media_type=encoded.media_type, headers=extra)
-
-
-async def decode(pool: CodecPool, body: Body, request: Request, *, limit_s: float) -> DecodedRequest:
-    """The body decoded, or a 504 after `limit_s`: a body waiting for a busy codec worker (which runs at
-    a lower CPU priority, so a saturated machine can starve it) must not wait for ever."""
-    headers = request.headers
-    try:
-        async with asyncio.timeout(limit_s):
-            return await pool.decode(body, content_encoding=headers.get("content-encoding"),
-                                     header_length=headers.get(HEADER_LENGTH))
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the request body was not decoded within {limit_s:g} s: the server's codec workers are busy; "
-            "retry later, or send binary tensors, which need no decoding"
-        ) from None
 
 
 def default_timeout_s(model: LoadedModel, settings: Settings) -> float:

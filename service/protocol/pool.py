@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from service.errors import InferenceFailed, PayloadTooLarge
+from service.errors import InferenceFailed, PayloadTooLarge, RequestTimeout
 from service.metrics import CODEC_OFFLOADED
 from service.protocol import codec
 from service.protocol.codec import DecodedRequest, DecodeLimits, EncodedResponse
@@ -88,14 +88,15 @@ class CodecPool:
             return spool
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def decode(self, body: Body, *, content_encoding: str | None,
-                     header_length: str | None) -> DecodedRequest:
-        """`codec.decode_body` of the body as sent; raises what it raises (InvalidInput, 413, 415)."""
+    async def decode(self, body: Body, *, content_encoding: str | None, header_length: str | None,
+                     limit_s: float | None = None) -> DecodedRequest:
+        """`codec.decode_body` of the body as sent; raises what it raises (InvalidInput, 413, 415), and
+        RequestTimeout when a worker has not answered within `limit_s` (inline decoding is not timed)."""
         if isinstance(body, SpooledBody):
             try:
                 CODEC_OFFLOADED.labels("decode").inc()
-                return await self._submit(_decode_file, body.path, content_encoding, header_length,
-                                          self.limits)
+                return await self._submit(limit_s, _decode_file, body.path, content_encoding,
+                                          header_length, self.limits)
             finally:
                 body.discard()
         if self.workers == 0:
@@ -107,18 +108,19 @@ class CodecPool:
                 return codec.decode_request(small, header_length=header_length,
                                             max_elements=self.limits.max_tensor_elements)
         CODEC_OFFLOADED.labels("decode").inc()
-        return await self._submit(_decode_job, body, content_encoding, header_length, self.limits)
+        return await self._submit(limit_s, _decode_job, body, content_encoding, header_length, self.limits)
 
     async def encode(self, outputs: TensorMap, plan: dict[str, bool], *, model_name: str, model_version: str,
-                     request_id: str | None) -> EncodedResponse:
-        """`codec.encode_response`; in a worker when the JSON part of the answer is big."""
+                     request_id: str | None, limit_s: float | None = None) -> EncodedResponse:
+        """`codec.encode_response`; in a worker when the JSON part of the answer is big (RequestTimeout when
+        the worker has not answered within `limit_s`)."""
         json_elements = sum(outputs[name].size for name, as_binary in plan.items()
                             if not as_binary and name in outputs)
         if self.workers == 0 or json_elements * JSON_BYTES_PER_ELEMENT < self.min_bytes:
             return codec.encode_response(outputs, plan, model_name=model_name, model_version=model_version,
                                          request_id=request_id)
         CODEC_OFFLOADED.labels("encode").inc()
-        return await self._submit(_encode_job, outputs, plan, model_name, model_version, request_id)
+        return await self._submit(limit_s, _encode_job, outputs, plan, model_name, model_version, request_id)
 
     @staticmethod
     def release(body: Body) -> None:
@@ -174,7 +176,19 @@ class CodecPool:
                 raise
             return None
 
-    async def _submit(self, job: Callable[..., _T], *args: object) -> _T:
+    async def _submit(self, limit_s: float | None, job: Callable[..., _T], *args: object) -> _T:
+        """`job(*args)` in a worker. Waiting for a slot counts against `limit_s`: the workers run at a lower
+        CPU priority, so a saturated machine can starve them, and a request must not wait for ever."""
+        try:
+            async with asyncio.timeout(limit_s):
+                return await self._run(job, *args)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the codec workers did not handle the request within {limit_s:g} s: they are busy; retry "
+                "later, or send binary tensors, which need almost no decoding"
+            ) from None
+
+    async def _run(self, job: Callable[..., _T], *args: object) -> _T:
         if self._slots is None:
             self._slots = asyncio.Semaphore(2 * self.workers)
         async with self._slots:
