@@ -7,13 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +87,41 @@ def run_server(
         raise
     finally:
         server.terminate()
+
+
+def metric_samples(url: str, sample: str, **labels: str) -> float:
+    """Sum of one sample's values in a server's /metrics whose labels include `labels` (a new connection
+    each call: with several worker processes, whichever worker answers)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        s.value for family in text_string_to_metric_families(text) for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
+
+
+def sigterm_during(
+    server: Server, request: Callable[[], httpx.Response], *, model: str
+) -> tuple[httpx.Response, int]:
+    """Send `request()` from a thread, SIGTERM the server once `model` has a request in flight, and
+    return the request's response and the server's exit code (for drain-on-shutdown tests)."""
+    result: dict[str, httpx.Response | httpx.HTTPError] = {}
+
+    def call() -> None:
+        try:
+            result["response"] = request()
+        except httpx.HTTPError as exc:  # reported by the assertion below
+            result["error"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 60
+    while metric_samples(server.url, "deepserve_requests_in_flight", model=model) < 1:
+        assert caller.is_alive(), f"the {model} request ended before SIGTERM could be sent: {result}"
+        assert time.monotonic() < deadline, f"the {model} request never showed as in flight"
+        time.sleep(0.02)
+    server.process.send_signal(signal.SIGTERM)
+    exit_code = server.process.wait(timeout=90)
+    caller.join(timeout=60)
+    response = result.get("response")
+    assert isinstance(response, httpx.Response), f"in-flight request failed during shutdown: {result!r}"
+    return response, exit_code

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,7 +41,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_models import OPSET, classifier_model, classifier_weights, write_model
 from prometheus_client.parser import text_string_to_metric_families
-from server import Server, free_port, run_server, wait_ready
+from server import Server, free_port, metric_samples, run_server, sigterm_during, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -119,15 +118,6 @@ def output(body: dict[str, Any], name: str) -> np.ndarray:
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-def metric_samples(url: str, sample: str, **labels: str) -> float:
-    """Sum of one sample's values in a server's /metrics whose labels include `labels`."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        s.value for family in text_string_to_metric_families(text) for s in family.samples
-        if s.name == sample and labels.items() <= s.labels.items()
-    )
-
-
 def dashboard_families() -> set[str]:
     """Metric family names the Grafana dashboard queries (suffixes of histograms and counters removed)."""
     dashboard = (DOCKER / "grafana" / "dashboards" / "deepserve.json").read_text()
@@ -182,34 +172,15 @@ def test_image_command_serves_and_drains_on_sigterm(repo: Path, tmp_path: Path) 
 
         # A slow request in flight, then SIGTERM: it must complete, and the process exit 0.
         x_slow = np.random.default_rng(1).normal(size=(32, 1024)).astype(np.float32)
-        result: dict[str, Any] = {}
-
-        def call() -> None:
-            try:
-                result["response"] = httpx.post(f"{server.url}/v2/models/slow/infer", json=v2_request(x_slow),
-                                                timeout=120)
-            except httpx.HTTPError as exc:  # reported by the assertion below
-                result["error"] = exc
-
-        caller = threading.Thread(target=call)
-        caller.start()
-        deadline = time.monotonic() + 60
-        while metric_samples(server.url, "deepserve_requests_in_flight", model="slow") < 1:
-            assert caller.is_alive(), f"the slow request ended before SIGTERM could be sent: {result}"
-            assert time.monotonic() < deadline, "the slow request never showed as in flight"
-            time.sleep(0.02)
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(timeout=60)
-        caller.join(timeout=60)
-
-        assert "error" not in result, f"in-flight request failed during shutdown: {result['error']!r}"
-        assert result["response"].status_code == 200, result["response"].text
+        response, exit_code = sigterm_during(server, lambda: httpx.post(
+            f"{server.url}/v2/models/slow/infer", json=v2_request(x_slow), timeout=120), model="slow")
+        assert response.status_code == 200, response.text
         # 0, not -15 (143 in a container, which Kubernetes reports as an Error): a drained stop is clean.
         assert exit_code == 0, server.output()[-3000:]
         expected = x_slow
         for _ in range(600):
             expected = np.tanh(expected @ w)
-        np.testing.assert_allclose(output(result["response"].json(), "y"), expected, atol=1e-4)
+        np.testing.assert_allclose(output(response.json(), "y"), expected, atol=1e-4)
 
 
 # ---- the load balancer ---------------------------------------------------------------------------

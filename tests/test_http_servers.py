@@ -7,9 +7,6 @@ and exits 0.
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from onnx_models import classifier_model, classifier_weights, slow_model, write_model
-from prometheus_client.parser import text_string_to_metric_families
-from server import run_server
+from server import run_server, sigterm_during
 
 KEY = "key-for-the-http-server-tests-0123"
 
@@ -30,13 +26,6 @@ def infer_body(x: np.ndarray) -> dict[str, Any]:
 def logits(body: dict[str, Any]) -> np.ndarray:
     (out,) = body["outputs"]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-
-
-def in_flight(url: str, model: str) -> float:
-    """deepserve_requests_in_flight for `model` in the /metrics of whichever worker answers."""
-    text = httpx.get(f"{url}/metrics", timeout=10, headers={"Connection": "close"}).text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "deepserve_requests_in_flight" and s.labels.get("model") == model)
 
 
 @pytest.mark.parametrize(("http_server", "workers"), [("uvicorn", 2), ("granian", 1), ("granian", 2)])
@@ -61,25 +50,9 @@ def test_server_answers_keeps_credentials_and_drains(repo: Path, tmp_path: Path,
 
         # A slow request in flight, then SIGTERM: it completes and the server exits 0.
         x_slow = np.random.default_rng(1).normal(size=(32, 1024)).astype(np.float32)
-        result: dict[str, Any] = {}
-
-        def call() -> None:
-            try:
-                result["response"] = httpx.post(f"{server.url}/v2/models/slow/infer", json=infer_body(x_slow),
-                                                headers=auth, timeout=120)
-            except httpx.HTTPError as exc:  # reported by the assertion below
-                result["error"] = exc
-
-        caller = threading.Thread(target=call)
-        caller.start()
-        deadline = time.monotonic() + 60
-        while in_flight(server.url, "slow") < 1:  # each poll may reach another worker: its own metrics
-            assert caller.is_alive(), f"the slow request ended before SIGTERM could be sent: {result}"
-            assert time.monotonic() < deadline, "the slow request never showed as in flight"
-            time.sleep(0.02)
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(timeout=90)
-        caller.join(timeout=60)
-        assert "error" not in result, f"in-flight request failed during shutdown: {result['error']!r}"
-        assert result["response"].status_code == 200, result["response"].text
+        slow = f"{server.url}/v2/models/slow/infer"
+        response, exit_code = sigterm_during(
+            server, lambda: httpx.post(slow, json=infer_body(x_slow), headers=auth, timeout=120), model="slow"
+        )
+        assert response.status_code == 200, response.text
         assert exit_code == 0, server.output()[-3000:]

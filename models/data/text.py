@@ -239,6 +239,20 @@ def pad(ids: Sequence[Sequence[int]], *, length: int | None = None) -> tuple[Ten
     return input_ids, mask
 
 
+def length_buckets(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices in batches of similar length: shuffle, sort inside chunks of 50 batches, shuffle the
+    batches (a fresh order from `rng` on every call), so little compute goes to padding."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(part[j : j + batch_size] for j in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
 class TokenBatches(torch.utils.data.IterableDataset[tuple[Tensor, Tensor, Tensor]]):
     """Batches of (input_ids, attention_mask, labels), padded per batch rather than to max_length.
 
@@ -256,15 +270,7 @@ class TokenBatches(torch.utils.data.IterableDataset[tuple[Tensor, Tensor, Tensor
         return -(-len(self.ids) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        order = list(range(len(self.ids)))
-        self.rng.shuffle(order)
-        chunk = self.batch_size * 50
-        batches: list[list[int]] = []
-        for start in range(0, len(order), chunk):
-            part = sorted(order[start : start + chunk], key=lambda i: len(self.ids[i]))
-            batches.extend(part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size))
-        self.rng.shuffle(batches)
-        for batch in batches:
+        for batch in length_buckets([len(x) for x in self.ids], self.batch_size, self.rng):
             input_ids, mask = pad([self.ids[i] for i in batch])
             yield input_ids, mask, torch.tensor([self.labels[i] for i in batch], dtype=torch.int64)
 

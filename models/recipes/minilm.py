@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from models.data.text import TextData, encode, load, pad
+from models.data.text import TextData, encode, length_buckets, load, pad
 from models.export import export_onnx
 from models.nets.bert import BertClassifier, BertConfig, BertEncoder, load_pretrained, package_dir
 from models.publish import publish
@@ -130,8 +130,8 @@ def lower_states(net: BertClassifier, ids: Sequence[Sequence[int]], *, frozen: i
 class StateBatches(torch.utils.data.IterableDataset[tuple[Tensor, Tensor, Tensor]]):
     """Batches of (cached states (B, T, C), attention_mask (B, T), labels), padded per batch.
 
-    The same length bucketing as TokenBatches: shuffle, sort inside chunks of 50 batches, shuffle the
-    batches; a fresh seeded order each pass. Padded positions hold zeros (masked everywhere downstream).
+    The same length bucketing as TokenBatches (`length_buckets`); a fresh seeded order each pass. Padded
+    positions hold zeros (masked everywhere downstream).
     """
 
     def __init__(self, states: Sequence[Tensor], labels: Sequence[int], *, batch_size: int,
@@ -143,15 +143,7 @@ class StateBatches(torch.utils.data.IterableDataset[tuple[Tensor, Tensor, Tensor
         return -(-len(self.states) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        order = list(range(len(self.states)))
-        self.rng.shuffle(order)
-        chunk = self.batch_size * 50
-        batches: list[list[int]] = []
-        for start in range(0, len(order), chunk):
-            part = sorted(order[start : start + chunk], key=lambda i: len(self.states[i]))
-            batches.extend(part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size))
-        self.rng.shuffle(batches)
-        for batch in batches:
+        for batch in length_buckets([len(x) for x in self.states], self.batch_size, self.rng):
             rows = [self.states[i] for i in batch]
             x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # B x (T_i, C) -> (B, T, C)
             mask = torch.zeros(x.shape[:2], dtype=torch.int64)
