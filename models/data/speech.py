@@ -18,6 +18,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -149,11 +150,18 @@ def _command(req: Request, wav: Path) -> list[str]:
             "-t", req.text, "-o", str(wav)]
 
 
+_NPY_HEADER_LOCK = threading.Lock()
+"""`ast.parse` run in two threads at once failed on CPython 3.11.7 ("SystemError: AST constructor
+recursion depth mismatch"); `synthesize_many`'s threads read cached audio with np.load, which parses
+each file's header with ast.literal_eval. It failed one CI run this way."""
+
+
 def synthesize(req: Request, *, cache_dir: Path = DEFAULT_CACHE) -> Audio:
     """Clean 16 kHz mono float32 audio for one request, from the cache when present."""
     path = cache_dir / req.key()[:2] / f"{req.key()}.npy"
     if path.exists():
-        return np.load(path)
+        with _NPY_HEADER_LOCK:  # np.load parses the .npy header with ast.literal_eval (see the lock)
+            return np.load(path)
     binary = req.voice.engine
     if shutil.which(binary) is None:
         raise FileNotFoundError(f"{binary} is not installed; apt-get install -y espeak-ng flite")
