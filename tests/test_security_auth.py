@@ -18,8 +18,8 @@ from conftest import AppClient, serve_app
 from onnx_models import classifier_model, classifier_weights, write_model
 from task_models import write_text_model
 
+from service.api.fastpath import InferEntrance
 from service.app import create_app
-from service.security import AccessControl
 from service.settings import Settings
 
 KEY = "k3y-" + "a" * 28
@@ -114,12 +114,20 @@ async def test_credentials_are_checked_before_the_body_is_read(models: Path) -> 
 
 
 def test_access_control_wraps_the_fast_path_and_the_routes(models: Path) -> None:
-    """Both entrances of v2 infer (the fast path and the FastAPI route) lie inside AccessControl."""
+    """Both entrances of v2 infer (the fast path's chain and FastAPI's stack) lie inside AccessControl,
+    which lies outside BodyLimit (credentials are checked before a body is read)."""
     app = create_app(Settings(model_repository=models, api_keys=[KEY], **CPU))
+    entrance = app.build_middleware_stack()
+    assert isinstance(entrance, InferEntrance)
+    for stack in (entrance.infer, entrance.app):
+        layers = []
+        layer: Any = stack
+        while layer is not None:
+            layers.append(type(layer).__name__)
+            layer = getattr(layer, "app", None)
+        assert layers.index("AccessControl") < layers.index("BodyLimit"), layers
     order = [m.cls.__name__ for m in app.user_middleware]  # type: ignore[attr-defined]  # outermost first
-    assert order.index("AccessControl") < order.index("InferFastPath")
-    assert order.index("AccessControl") < order.index("BodyLimit")
-    assert AccessControl in [m.cls for m in app.user_middleware]
+    assert order.index("RequestContext") < order.index("AccessControl") < order.index("BodyLimit")
 
 
 async def test_repository_api_needs_the_admin_token(models: Path) -> None:

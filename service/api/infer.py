@@ -16,6 +16,7 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from service import metrics
 from service.api.timing import SERVER_TIMING, server_timing, start
@@ -27,6 +28,7 @@ from service.protocol.pool import CodecPool
 from service.protocol.schema import InferenceRequest
 from service.repository.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
+from service.timing import RequestTiming
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ async def respond(request: Request, *, name: str, version: str | None) -> Respon
     """The answer to one infer request, success or error, with a `Server-Timing` header."""
     timing = start()
     try:
-        response = await _infer(request, name=name, version=version)
+        return await _infer(request, name=name, version=version, timing=timing)
     except Exception as exc:
         response = await error_response(request, exc)
     response.headers[SERVER_TIMING] = server_timing(timing)
@@ -61,7 +63,7 @@ async def error_response(request: Request, exc: Exception) -> Response:
     raise exc
 
 
-async def _infer(request: Request, *, name: str, version: str | None) -> Response:
+async def _infer(request: Request, *, name: str, version: str | None, timing: RequestTiming) -> Response:
     state = request.app.state
     registry: ModelRegistry | None = getattr(state, "registry", None)
     pool: CodecPool | None = getattr(state, "codec_pool", None)
@@ -69,16 +71,16 @@ async def _infer(request: Request, *, name: str, version: str | None) -> Respons
     if registry is None or pool is None:
         await request.body()
         raise ModelNotReady("the server is starting: models are still loading", headers={"Retry-After": "1"})
-    body = await pool.receive(request.stream())  # BodyLimit's 413 and a client's disconnect propagate
+    body = await pool.receive(request.receive)  # BodyLimit's 413 and a client's disconnect propagate
     try:
         with metrics.track_lookup(metrics.V2_INFER, name, version):  # unknown names are not counted
             model = registry.get(name, version)
         with metrics.track(metrics.V2_INFER, model.name, model.version):
             started = time.monotonic()
-            headers = request.headers
+            encoding, header_length = _codec_headers(request.scope)
             limit_s = default_timeout_s(model, settings)
-            decoded = await pool.decode(body, content_encoding=headers.get("content-encoding"),
-                                        header_length=headers.get(HEADER_LENGTH), limit_s=limit_s)
+            decoded = await pool.decode(body, content_encoding=encoding, header_length=header_length,
+                                        limit_s=limit_s)
             infer_request = decoded.request
             declared = [spec.name for spec in model.config.outputs]
             plan = codec.output_plan(infer_request, declared) if declared else None
@@ -93,8 +95,25 @@ async def _infer(request: Request, *, name: str, version: str | None) -> Respons
                                         request_id=infer_request.id, limit_s=limit_s)
     finally:
         pool.release(body)  # a spooled body's file goes now, whatever happened
-    extra = {} if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
-    return Response(encoded.body, media_type=encoded.media_type, headers=extra)
+    headers = {SERVER_TIMING: server_timing(timing)}
+    if encoded.header_length is not None:
+        headers[HEADER_LENGTH] = str(encoded.header_length)
+    return Response(encoded.body, media_type=encoded.media_type, headers=headers)
+
+
+_CONTENT_ENCODING, _HEADER_LENGTH = b"content-encoding", HEADER_LENGTH.lower().encode()
+
+
+def _codec_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """Content-Encoding and Inference-Header-Content-Length, in one pass over the raw headers (ASGI
+    servers give names in lower case; the first of repeated ones counts, as Starlette's `Headers.get`)."""
+    encoding = length = None
+    for key, value in scope["headers"]:
+        if key == _CONTENT_ENCODING and encoding is None:  # the first one counts, as in Starlette
+            encoding = value.decode("latin-1")
+        elif key == _HEADER_LENGTH and length is None:
+            length = value.decode("latin-1")
+    return encoding, length
 
 
 def default_timeout_s(model: LoadedModel, settings: Settings) -> float:

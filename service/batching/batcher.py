@@ -211,7 +211,8 @@ class DynamicBatcher:
                 "retry after Retry-After seconds, or raise max_queue_size / instances"
             )
         now = time.monotonic()
-        future: asyncio.Future[TensorMap] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[TensorMap] = loop.create_future()
         key = batch_key(inputs, self._pad) if self._max_batch else None
         job = Job(inputs=inputs, items=items, deadline=now + timeout_s, future=future, key=key,
                   enqueued_at=now, priority=priority, timing=request_timing.current.get())
@@ -219,11 +220,17 @@ class DynamicBatcher:
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         self._depth_gauge.set(self.depth)
+        # the deadline fails the future itself (a bare timer: asyncio.timeout costs several times more),
+        # so the worker skips the job and the waiter gets RequestTimeout
+        expiry = loop.call_later(timeout_s, self._expire, future, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await future  # a timeout cancels the future, so the worker skips the job
-        except TimeoutError:
-            raise self._timeout_error(timeout_s) from None
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, future: asyncio.Future[TensorMap], timeout_s: float) -> None:
+        if not future.done():
+            future.set_exception(self._timeout_error(timeout_s))
 
     async def stop(self, *, grace_s: float) -> None:
         """Refuse new requests, let queued and running ones finish within `grace_s`, then fail the

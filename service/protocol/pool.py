@@ -26,12 +26,15 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from service.errors import InferenceFailed, PayloadTooLarge, RequestTimeout
 from service.metrics import CODEC_OFFLOADED
@@ -62,23 +65,30 @@ class CodecPool:
         self._folder: Path | None = None
         self._spooling = True
 
-    async def receive(self, chunks: AsyncIterator[bytes]) -> Body:
-        """Read a body: in memory while under `min_bytes`, then spooled to a file chunk by chunk, so a big
-        body is never joined (one long copy holding the GIL) nor pickled to a worker."""
+    async def receive(self, receive: Receive) -> Body:
+        """Read a request body from ASGI `receive`: in memory while under `min_bytes`, then spooled to a file
+        chunk by chunk, so a big body is never joined (one long copy holding the GIL) nor pickled to a
+        worker. A client that disconnects first raises ClientDisconnect (as Starlette's `stream` does)."""
         parts: list[bytes] = []
         size = 0
         spool: SpooledBody | None = None
         try:
-            async for chunk in chunks:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnect()
+                chunk: bytes = message.get("body", b"")
                 if spool is not None:
                     spool.write(chunk)
-                    continue
-                parts.append(chunk)
-                size += len(chunk)
-                if self.workers and size >= self.min_bytes and self._spooling:
-                    spool = self._spool(parts)
-                    if spool is not None:
-                        parts = []
+                elif chunk:
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if self.workers and size >= self.min_bytes and self._spooling:
+                        spool = self._spool(parts)
+                        if spool is not None:
+                            parts = []
+                if not message.get("more_body", False):
+                    break
         except BaseException:
             if spool is not None:
                 spool.discard()

@@ -271,13 +271,14 @@ def _one_line(exc: BaseException) -> str:
 # ---- request validation (before queueing) -------------------------------------------------------
 
 
+_DATATYPE_OF_DTYPE = {dtype: datatype for datatype, dtype in reversed(NUMPY_DTYPES.items())}
+"""numpy dtype -> v2 datatype (the first name listed wins where two share a dtype)."""
+
+
 def _datatype_of(array: Tensor) -> str:
     if array.dtype.kind in "OSU":
         return "BYTES"
-    for datatype, dtype in NUMPY_DTYPES.items():
-        if dtype == array.dtype:
-            return datatype
-    return str(array.dtype)
+    return _DATATYPE_OF_DTYPE.get(array.dtype) or str(array.dtype)
 
 
 def _check_tensor(model: str, spec: TensorSpec, array: Tensor, *, batching: bool) -> None:
