@@ -193,6 +193,25 @@ async def test_codec_workers_answer_as_the_inline_codec(models: Path) -> None:
         assert in_worker[what] == inline[what], what
 
 
+async def test_big_binary_body_decodes_inline_and_a_big_json_body_in_a_worker(models: Path) -> None:
+    """Binary tensors after a small JSON header are views of the body: no worker at any size. The same
+    tensor as JSON text over the threshold goes to a worker. Both answers are the model's."""
+    x = np.random.default_rng(2).normal(size=(32, 4)).astype(np.float32)
+    body, headers = binary_body(x)
+    assert len(body) > 384  # over the threshold below; its JSON header is not
+    async with serve(models, codec_workers=1, codec_offload_bytes=384) as (_, client):
+        decoded = offloaded("decode")
+        as_binary = await client.post("/v2/models/clf/infer", content=body, headers=headers)
+        assert as_binary.status_code == 200, as_binary.text
+        assert offloaded("decode") == decoded
+        as_json = await client.post("/v2/models/clf/infer", content=x_body(x))
+        assert as_json.status_code == 200, as_json.text
+        assert offloaded("decode") == decoded + 1
+    length = int(as_binary.headers[HEADER])
+    logits = np.frombuffer(as_binary.content[length:], np.float32).reshape(32, 3)
+    np.testing.assert_allclose(logits, np.array(as_json.json()["outputs"][0]["data"]).reshape(32, 3), atol=1e-6)
+
+
 async def test_big_gzip_body_is_inflated_in_a_worker(models: Path) -> None:
     """A small compressed body that inflates past the offload threshold goes to the workers whole."""
     x = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)

@@ -71,13 +71,14 @@ async def _infer(request: Request, *, name: str, version: str | None, timing: Re
     if registry is None or pool is None:
         await request.body()
         raise ModelNotReady("the server is starting: models are still loading", headers={"Retry-After": "1"})
-    body = await pool.receive(request.receive)  # BodyLimit's 413 and a client's disconnect propagate
+    encoding, header_length = _codec_headers(request.scope)
+    # BodyLimit's 413 and a client's disconnect propagate
+    body = await pool.receive(request.receive, content_encoding=encoding, header_length=header_length)
     try:
         with metrics.track_lookup(metrics.V2_INFER, name, version):  # unknown names are not counted
             model = registry.get(name, version)
         with metrics.track(metrics.V2_INFER, model.name, model.version):
             started = time.monotonic()
-            encoding, header_length = _codec_headers(request.scope)
             limit_s = default_timeout_s(model, settings)
             decoded = await pool.decode(body, content_encoding=encoding, header_length=header_length,
                                         limit_s=limit_s)

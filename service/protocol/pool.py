@@ -65,10 +65,14 @@ class CodecPool:
         self._folder: Path | None = None
         self._spooling = True
 
-    async def receive(self, receive: Receive) -> Body:
+    async def receive(self, receive: Receive, *, content_encoding: str | None = None,
+                      header_length: str | None = None) -> Body:
         """Read a request body from ASGI `receive`: in memory while under `min_bytes`, then spooled to a file
         chunk by chunk, so a big body is never joined (one long copy holding the GIL) nor pickled to a
-        worker. A client that disconnects first raises ClientDisconnect (as Starlette's `stream` does)."""
+        worker. A body that decodes inline at any size (`offloads` is false: binary tensors after a small
+        JSON header) stays in memory. A client that disconnects first raises ClientDisconnect (as
+        Starlette's `stream` does)."""
+        spooling = self._spooling and self.offloads(content_encoding, header_length)
         parts: list[bytes] = []
         size = 0
         spool: SpooledBody | None = None
@@ -83,7 +87,7 @@ class CodecPool:
                 elif chunk:
                     parts.append(chunk)
                     size += len(chunk)
-                    if self.workers and size >= self.min_bytes and self._spooling:
+                    if self.workers and size >= self.min_bytes and spooling:
                         spool = self._spool(parts)
                         if spool is not None:
                             parts = []
@@ -109,7 +113,7 @@ class CodecPool:
                                           header_length, self.limits)
             finally:
                 body.discard()
-        if self.workers == 0:
+        if self.workers == 0 or not self.offloads(content_encoding, header_length):
             return codec.decode_body(body, content_encoding=content_encoding, header_length=header_length,
                                      limits=self.limits)
         if len(body) < self.min_bytes:
@@ -131,6 +135,15 @@ class CodecPool:
                                          request_id=request_id)
         CODEC_OFFLOADED.labels("encode").inc()
         return await self._submit(limit_s, _encode_job, outputs, plan, model_name, model_version, request_id)
+
+    def offloads(self, content_encoding: str | None, header_length: str | None) -> bool:
+        """Whether a big body with these headers is worth a worker. Only parsing JSON text and inflating
+        cost enough: an uncompressed binary body whose JSON header is under `min_bytes` decodes inline at
+        any size (the tensors are `np.frombuffer` views of the body, no copy). Spooling and pickling a
+        602 KB ResNet input instead cost more CPU than the model's whole decode."""
+        if (content_encoding or "").strip().lower() not in ("", "identity"):
+            return True
+        return header_length is None or not header_length.isdigit() or int(header_length) >= self.min_bytes
 
     @staticmethod
     def release(body: Body) -> None:
