@@ -8,13 +8,16 @@ when the repository has no models yet, then serves it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib.util
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from service.log import setup_logging
-from service.settings import Settings
+from service.settings import MULTIPROCESS_DIR, Settings
 
 logger = logging.getLogger("service")
 
@@ -82,6 +85,8 @@ def build_demo(repository: Path) -> None:
 
 
 def serve(settings: Settings) -> None:
+    if settings.workers > 1 or settings.http_server == "granian":
+        share_metrics()  # before anything imports prometheus_client (service.app does)
     from service.app import tune_interpreter
 
     if settings.http_server == "granian":
@@ -127,6 +132,24 @@ def export_settings(settings: Settings) -> None:
         elif isinstance(value, list):
             value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
         os.environ[f"DEEPSERVE_{key.upper()}"] = str(value) if isinstance(value, str | Path) else _json(value)
+
+
+def share_metrics() -> Path:
+    """Before worker processes start: they write their Prometheus samples to one folder, so one scrape of
+    /metrics counts every worker's requests, not only the one that answered it. `PROMETHEUS_MULTIPROC_DIR`
+    when set (stale files in it are removed), else a new temporary folder."""
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="deepserve-metrics-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_DIR] = str(folder)
+    logger.info("worker processes share their metrics through %s", folder)
+    return folder
 
 
 class _Server(uvicorn.Server):

@@ -12,12 +12,13 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp
 
 from service.api.fastpath import InferEntrance
 from service.api.infer import make_pool
 from service.errors import install_handlers
+from service.metrics import exposition, process_exiting
 from service.middleware import BodyLimit, RequestContext
 from service.repository.registry import ModelRegistry
 from service.security import AccessControl, credentials, declare_in_openapi
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.started = False
             await registry.stop()
             codec_pool.close()
+            process_exiting()
 
     app = App(
         title="deepserve",
@@ -116,7 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
                  responses={200: {"description": "Prometheus text format",
                                   "content": {CONTENT_TYPE_LATEST: {}}}})
         def metrics() -> Response:
-            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+            return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     from service.ui import router as ui
 

@@ -12,12 +12,14 @@ any route the same way: in flight, success or failure by reason, latency.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from types import TracebackType
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from service.errors import ModelNotReady, ServiceError
+from service.settings import MULTIPROCESS_DIR
 
 V2_INFER, V1_PREDICT, V1_EXPLAIN = "v2_infer", "v1_predict", "v1_explain"
 ROUTES = (V2_INFER, V1_PREDICT, V1_EXPLAIN)
@@ -56,9 +58,11 @@ COMPUTE_TIME = Histogram(
 BATCH_SIZE = Histogram(
     "deepserve_batch_size", "Items per executed batch.", ["model", "version"], buckets=_BATCH_BUCKETS
 )
-QUEUE_DEPTH = Gauge("deepserve_queue_depth", "Requests waiting in the batch queue.", ["model", "version"])
+QUEUE_DEPTH = Gauge("deepserve_queue_depth", "Requests waiting in the batch queue.", ["model", "version"],
+                    multiprocess_mode="livesum")
 IN_FLIGHT = Gauge(
-    "deepserve_requests_in_flight", "Inference requests being served now.", ["model", "version"]
+    "deepserve_requests_in_flight", "Inference requests being served now.", ["model", "version"],
+    multiprocess_mode="livesum",
 )
 MODEL_LOAD_TIME = Histogram(
     "deepserve_model_load_duration_seconds",
@@ -67,7 +71,8 @@ MODEL_LOAD_TIME = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 MODEL_READY = Gauge(
-    "deepserve_model_ready", "1 when the model version serves, else 0.", ["model", "version", "provider"]
+    "deepserve_model_ready", "1 when the model version serves, else 0.", ["model", "version", "provider"],
+    multiprocess_mode="livemin",  # with several worker processes: 1 only when every one serves it
 )
 CODEC_OFFLOADED = Counter(
     "deepserve_codec_offloaded_total",
@@ -75,6 +80,23 @@ CODEC_OFFLOADED = Counter(
     "encoded (stage=encode) in the codec worker processes.",
     ["stage"],
 )
+
+
+def exposition() -> bytes:
+    """The Prometheus text of this process, or of every worker process in prometheus_client's
+    multiprocess mode (`MULTIPROCESS_DIR` set before prometheus_client was imported: `deepserve serve`
+    does it for several worker processes and for granian)."""
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_exiting() -> None:
+    """A worker process's clean exit: its live gauges (in flight, queue depth, ready) stop counting."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def _check_route(route: str) -> None:

@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider")
 
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's multiprocess mode: the folder where each worker process writes its samples, read
+whole by /metrics. It must be set before prometheus_client is first imported (`service.__main__`)."""
+
+
 class Settings(BaseSettings):
     """Server settings. Each field is also the environment variable `DEEPSERVE_<FIELD>`."""
 
@@ -29,7 +34,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
     workers: int = Field(1, ge=1)
-    """Server worker processes sharing the port (each loads every model and batches on its own)."""
+    """Server worker processes sharing the port (each loads every model and batches on its own). With
+    more than one, /metrics adds up every worker's samples (prometheus_client's multiprocess mode, in
+    `PROMETHEUS_MULTIPROC_DIR` or a temporary folder). The throughput setting for small models on
+    several cores; see the README's benchmark."""
     http_server: Literal["uvicorn", "granian"] = "uvicorn"
     """The HTTP server: uvicorn (Python, httptools), or granian (Rust: HTTP parsing and socket I/O run
     outside the GIL, in parallel with the event loop; more requests per second under concurrency,

@@ -1,8 +1,9 @@
 """Both HTTP servers (`DEEPSERVE_HTTP_SERVER=uvicorn|granian`), one and two worker processes, run for real.
 
 Each serves v2 infer with the right answer, keeps its credentials in every worker process (workers rebuild
-their settings from the environment, secrets included), and on SIGTERM finishes the request in flight
-and exits 0.
+their settings from the environment, secrets included), counts every worker's requests in whichever
+worker answers /metrics (prometheus_client's multiprocess mode), and on SIGTERM finishes the request in
+flight and exits 0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from onnx_models import classifier_model, classifier_weights, slow_model, write_model
 from server import run_server, sigterm_during
 
@@ -26,6 +28,17 @@ def infer_body(x: np.ndarray) -> dict[str, Any]:
 def logits(body: dict[str, Any]) -> np.ndarray:
     (out,) = body["outputs"]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def served(exposition: str, model: str) -> float:
+    """deepserve_requests_total of `model`'s successful v2 infer requests, from a Prometheus scrape."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            labels = sample.labels
+            if (sample.name == "deepserve_requests_total" and labels.get("model") == model
+                    and labels.get("route") == "v2_infer" and labels.get("outcome") == "success"):
+                return sample.value
+    return 0.0
 
 
 @pytest.mark.parametrize(("http_server", "workers"), [("uvicorn", 2), ("granian", 1), ("granian", 2)])
@@ -47,6 +60,10 @@ def test_server_answers_keeps_credentials_and_drains(repo: Path, tmp_path: Path,
             )
             assert answer.status_code == 200, answer.text
             np.testing.assert_allclose(logits(answer.json()), x @ weights + bias, rtol=1e-5, atol=1e-5)
+        for _ in range(3 * workers):  # whichever worker answers the scrape counts every worker's requests
+            scrape = httpx.get(f"{server.url}/metrics", timeout=30)
+            assert scrape.status_code == 200
+            assert served(scrape.text, "clf") == 4 * workers, scrape.text[-2000:]
 
         # A slow request in flight, then SIGTERM: it completes and the server exits 0.
         x_slow = np.random.default_rng(1).normal(size=(32, 1024)).astype(np.float32)
