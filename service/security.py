@@ -1,8 +1,8 @@
 """Access control as one pure ASGI middleware, so every entrance to a route is covered the same way.
 
-`AccessControl` sits outside the infer fast path and the FastAPI router (see `service.app`), so a v2
-infer request is checked once whether the fast path or a FastAPI route ends up serving it, and before
-any body is read (an unauthenticated client cannot make the server read or inflate 64 MB).
+`AccessControl` wraps both the infer entrance's chain and FastAPI's router (see `service.app` and
+`service.api.fastpath`), so a v2 infer request is checked once whether the fast path or a FastAPI route
+ends up serving it, and before any body is read (an unauthenticated client cannot make the server read or inflate 64 MB).
 
 Three kinds of path:
 - **open**: liveness, readiness, Prometheus metrics, server metadata and the documentation / UI pages

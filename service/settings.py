@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     are handled inline (at most a few ms of event-loop time each), where a round trip to a process
     would cost more CPU than the work."""
     infer_fast_path: bool = True
-    """Serve `POST /v2/.../infer` from a pure ASGI middleware (same code as the documented FastAPI route,
-    without its routing and dependency overhead); false serves it through the FastAPI route."""
+    """Serve `POST /v2/.../infer` through the infer entrance in front of the app (the same code as the
+    documented FastAPI route and the same middleware, without FastAPI's routing, dependencies and own
+    wrappers); false serves it through the FastAPI route."""
     admin_token: SecretStr | None = None
     """Bearer token the repository API (`/v2/repository/...`: index, load, unload) requires
     (`Authorization: Bearer <token>`, compared in constant time; at least 16 characters). Unset and no
