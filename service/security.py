@@ -2,7 +2,8 @@
 
 `AccessControl` wraps both the infer entrance's chain and FastAPI's router (see `service.app` and
 `service.api.fastpath`), so a v2 infer request is checked once whether the fast path or a FastAPI route
-ends up serving it, and before any body is read (an unauthenticated client cannot make the server read or inflate 64 MB).
+ends up serving it, and before any body is read (an unauthenticated client cannot make the server read
+or inflate 64 MB).
 
 Three kinds of path:
 - **open**: liveness, readiness, Prometheus metrics, server metadata and the documentation / UI pages

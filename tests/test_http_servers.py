@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from onnx_models import classifier_model, classifier_weights, slow_model, write_model
+from prometheus_client.parser import text_string_to_metric_families
 from server import run_server, sigterm_during
 
 KEY = "key-for-the-http-server-tests-0123"

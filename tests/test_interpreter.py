@@ -22,7 +22,8 @@ CHILD = textwrap.dedent("""
         service_app.tune_interpreter()
 
     async def main():
-        app = service_app.create_app(Settings(model_repository=sys.argv[1], providers=["CPUExecutionProvider"]))
+        settings = Settings(model_repository=sys.argv[1], providers=["CPUExecutionProvider"])
+        app = service_app.create_app(settings)
         async with LifespanManager(app, startup_timeout=60):
             ready = app.state.registry.get("clf").name
             print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),

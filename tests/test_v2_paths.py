@@ -209,7 +209,8 @@ async def test_big_binary_body_decodes_inline_and_a_big_json_body_in_a_worker(mo
         assert offloaded("decode") == decoded + 1
     length = int(as_binary.headers[HEADER])
     logits = np.frombuffer(as_binary.content[length:], np.float32).reshape(32, 3)
-    np.testing.assert_allclose(logits, np.array(as_json.json()["outputs"][0]["data"]).reshape(32, 3), atol=1e-6)
+    from_json = np.array(as_json.json()["outputs"][0]["data"]).reshape(32, 3)
+    np.testing.assert_allclose(logits, from_json, atol=1e-6)
 
 
 async def test_big_gzip_body_is_inflated_in_a_worker(models: Path) -> None:

@@ -1,11 +1,11 @@
 """`POST /v2/models/{name}[/versions/{version}]/infer`: the one implementation both entrances call.
 
-`respond(request, name=..., version=...)` reads the body, decodes it (`CodecPool`: inline when small,
-in a worker process when big JSON or compressed), queues it on the model, encodes the outputs and answers. Every error
-becomes the response the app's own exception handlers make (`service.errors`, looked up by the
-exception's class as Starlette does), so the FastAPI route (`service.api.v2`, documented in OpenAPI)
-and the pure-ASGI fast path (`service.api.fastpath`) answer byte for byte the same, and the request
-is counted in the metrics once either way. Every answer carries `Server-Timing`.
+`respond(request, name=..., version=...)` reads the body, decodes it (`CodecPool`: inline when small, in
+a worker process when big JSON or compressed), queues it on the model, encodes the outputs and answers.
+Every error becomes the response the app's own exception handlers make (`service.errors`, looked up by
+the exception's class as Starlette does), so the FastAPI route (`service.api.v2`, documented in OpenAPI)
+and the infer entrance (`service.api.fastpath`) answer byte for byte the same, and the request is
+counted in the metrics once either way. Every answer carries `Server-Timing`.
 """
 
 from __future__ import annotations

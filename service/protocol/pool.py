@@ -1,11 +1,12 @@
 """`CodecPool`: big v2 bodies are decoded, and big JSON responses encoded, in worker processes.
 
-Parsing a 32 MB JSON body (orjson, then pydantic, then numpy) takes seconds of CPU, and orjson and
-zlib hold the GIL for hundreds of milliseconds at a time, so a thread would not free the event loop:
-a process does. Small bodies stay inline, where the round trip to a process (pickling the body and
-the arrays) would cost more than the work; `min_bytes` is that threshold (measured: see
+Parsing a 32 MB JSON body (orjson, then pydantic, then numpy) takes seconds of CPU, and orjson and zlib
+hold the GIL for hundreds of milliseconds at a time, so a thread would not free the event loop: a
+process does. Small bodies stay inline, where the round trip to a process (pickling the body and the
+arrays) would cost more than the work; `min_bytes` is that threshold (measured: see
 `docs/architecture.md`). Binary tensors after a small JSON header stay inline at any size: they are
-`np.frombuffer` views of the body, and only JSON text and compressed bodies cost enough to move. A compressed body is inflated inline only while it stays under `min_bytes`.
+`np.frombuffer` views of the body, and only JSON text and compressed bodies cost enough to move. A
+compressed body is inflated inline only while it stays under `min_bytes`.
 
 A body is read into memory until it reaches `min_bytes`, then spooled to a temporary file as it arrives
 (`receive`), and the worker reads the file: pickling a 32 MB body to the worker held the GIL for a long
