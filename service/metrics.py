@@ -123,6 +123,14 @@ def _children(route: str, model: str, version: str) -> _Children:
     return _Children(route, model, version)
 
 
+_in_flight = 0
+
+
+def requests_in_flight() -> int:
+    """Requests of every route and model between `track`'s enter and exit in this process, now."""
+    return _in_flight
+
+
 class track:  # noqa: N801  (used as `with metrics.track(...)`, like the function it replaced)
     """Count one request of a known model version: in flight meanwhile, then success, or failure by
     reason (the ServiceError's code, else `internal`), and its latency. A cancelled request (client gone)
@@ -136,11 +144,15 @@ class track:  # noqa: N801  (used as `with metrics.track(...)`, like the functio
         self._started = 0.0
 
     def __enter__(self) -> None:
+        global _in_flight
+        _in_flight += 1
         self._children.in_flight.inc()
         self._started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        global _in_flight
+        _in_flight -= 1
         children = self._children
         if kind is None:
             children.success.inc()

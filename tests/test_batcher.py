@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 from onnx_models import batch_size_model, classifier_model, classifier_weights, ragged_sum_model, write_model
 
-from service.batching.batcher import DynamicBatcher, preferred_cut
+from service import metrics
+from service.batching.batcher import INLINE_MAX_S, DynamicBatcher, preferred_cut
 from service.errors import InferenceFailed, QueueFull, RequestTimeout, ShuttingDown
 from service.repository.config import ModelConfig
 from service.runtime.session import OnnxSession
@@ -379,3 +381,51 @@ async def test_stop_fails_what_the_grace_period_did_not_cover(
     results = await asyncio.gather(blocker, *tasks, return_exceptions=True)
     assert all(isinstance(r, ShuttingDown) for r in results)
     assert batcher.depth == 0
+
+
+class Where:
+    """A runner that records the thread of every call, optionally sleeping first (a slow model)."""
+
+    def __init__(self, run: Runner, *, sleep_s: float = 0.0) -> None:
+        self.run, self.sleep_s = run, sleep_s
+        self.threads: list[str] = []
+
+    def __call__(self, inputs: TensorMap) -> TensorMap:
+        self.threads.append(threading.current_thread().name)
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return self.run(inputs)
+
+
+LOOP_THREAD = threading.main_thread().name
+
+
+async def test_a_lone_request_on_an_idle_server_runs_on_the_event_loop_when_the_model_is_fast(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
+    fast = Where(sessions["batch"].run)
+    batcher = await make_batcher([fast])
+    for value in range(50):  # one at a time: the first run measures (in the thread), then inline
+        out = await batcher.submit(x_of(2, value), items=2, timeout_s=30)
+        np.testing.assert_array_equal(out["y"], np.full((2, 4), 2 * value, np.float32))
+        if fast.threads[-1] == LOOP_THREAD:
+            break  # (a loaded machine may take over INLINE_MAX_S for a thread round trip: then again)
+    assert fast.threads[0] != LOOP_THREAD
+    assert fast.threads[-1] == LOOP_THREAD
+    await batcher.submit(x_of(2), items=2, timeout_s=30)  # measured inline (~0.1 ms): inline again
+    assert fast.threads[-1] == LOOP_THREAD
+    await batcher.submit(x_of(3), items=3, timeout_s=30)  # a larger input than the one measured
+    assert fast.threads[-1] != LOOP_THREAD
+    with metrics.track(metrics.V2_INFER, "m", "1"), metrics.track(metrics.V2_INFER, "m", "1"):
+        await batcher.submit(x_of(2), items=2, timeout_s=30)  # other requests in flight: not alone
+    assert fast.threads[-1] != LOOP_THREAD
+
+
+async def test_a_slow_model_always_runs_in_its_thread(
+    make_batcher: MakeBatcher, sessions: dict[str, OnnxSession]
+) -> None:
+    slow = Where(sessions["batch"].run, sleep_s=3 * INLINE_MAX_S)
+    batcher = await make_batcher([slow])
+    for _ in range(3):
+        await batcher.submit(x_of(1), items=1, timeout_s=30)
+    assert LOOP_THREAD not in slow.threads and len(slow.threads) == 3
