@@ -208,13 +208,14 @@ def port_free(port: int) -> None:
 
 
 @contextlib.contextmanager
-def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]:
-    """`python -m service serve` on `port` (loopback) with the given DEEPSERVE_* overrides."""
+def deepserve(repo: Path, log_dir: Path, port: int, env: dict[str, str], tree: Path = ROOT) -> Iterator[str]:
+    """`python -m service serve` on `port` (loopback) with the given DEEPSERVE_* overrides, from the source
+    tree `tree` (another checkout: `bench/ab.py`)."""
     port_free(port)
     full_env = {**os.environ, "DEEPSERVE_MODEL_REPOSITORY": str(repo), "DEEPSERVE_HOST": "127.0.0.1",
-                "DEEPSERVE_PORT": str(port), "DEEPSERVE_LOG_LEVEL": "WARNING", **env}
+                "DEEPSERVE_PORT": str(port), "DEEPSERVE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(tree), **env}
     log = (log_dir / f"deepserve-{port}.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=full_env, stdout=log,
+    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=tree, env=full_env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     SESSIONS[url] = process.pid  # its own session: workers and codec processes share its id
