@@ -67,6 +67,10 @@ async def test_cors_is_off_by_default_and_allows_only_the_listed_origins(app_cli
         assert "Server-Timing" in listed.headers["access-control-expose-headers"]
         missing = await client.post("/v1/models/nope/predict", headers={"origin": "https://app.example.com"})
         assert missing.status_code == 404 and missing.headers["access-control-allow-origin"] == "https://app.example.com"
+        fast = await client.post("/v2/models/nope/infer", json={"inputs": []},  # the infer entrance's chain
+                                 headers={"origin": "https://app.example.com"})
+        assert fast.status_code == 404 and fast.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "Server-Timing" in fast.headers["access-control-expose-headers"]
         other = await client.get("/v1/models", headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
         refused = await client.options("/v1/models/cnn/predict", headers={**preflight, "origin": "https://evil.example"})
