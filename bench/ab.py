@@ -29,19 +29,14 @@ from run import (
     SESSIONS,
     Run,
     binary_body,
-    cpu_seconds,
     deepserve,
     json_body,
     rss_mib,
+    session_cpu,
     wrk,
 )
 
 PORTS = {"A": 58200, "B": 58210}
-
-
-def session_cpu(url: str) -> float:
-    pids = subprocess.run(["pgrep", "-s", str(SESSIONS[url])], capture_output=True, text=True).stdout.split()
-    return sum(cpu_seconds(int(pid)) for pid in pids if Path(f"/proc/{pid}").exists())
 
 
 @contextlib.contextmanager

@@ -406,6 +406,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def session_cpu(url: str) -> float:
+    """CPU seconds so far of every process and thread in the session of the server at `url` (`deepserve`
+    starts each in its own session: uvicorn workers and codec processes included)."""
+    pids = subprocess.run(["pgrep", "-s", str(SESSIONS[url])], capture_output=True, text=True).stdout.split()
+    return sum(cpu_seconds(int(pid)) for pid in pids if Path(f"/proc/{pid}").exists())
+
+
 def cost(args: argparse.Namespace) -> None:
     """Server CPU time per request (all threads, so ONNX Runtime's too) for deepserve and each --variant,
     one server at a time: the machine's other load changes how fast requests finish, much less what
@@ -419,8 +426,6 @@ def cost(args: argparse.Namespace) -> None:
     for name, spec in variants.items():
         env = dict(pair.split("=", 1) for pair in spec.split(",") if pair)
         with tempfile.TemporaryDirectory() as logs, deepserve(repo, Path(logs), DEEPSERVE_PORT, env) as url:
-            pids = [int(p) for p in subprocess.run(["pgrep", "-s", str(SESSIONS[url])], capture_output=True,
-                                                   text=True).stdout.split()]
             for model_name in args.models:
                 model = MODELS[model_name]
                 for body_kind in args.bodies:
@@ -428,9 +433,9 @@ def cost(args: argparse.Namespace) -> None:
                     target = f"{url}/v2/models/{model_name}/infer"
                     for c in args.concurrency:
                         wrk(target, body, concurrency=c, seconds=1)
-                        before = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists())
+                        before = session_cpu(url)
                         run = wrk(target, body, concurrency=c, seconds=args.seconds)
-                        spent = sum(cpu_seconds(p) for p in pids if Path(f"/proc/{p}").exists()) - before
+                        spent = session_cpu(url) - before
                         per = 1e6 * spent / max(run.rps * round(args.seconds), 1)
                         line = f"| {name} | {model_name} | {body_kind} | {c} | {per:.0f} | {run.rps:.0f} |"
                         print(line, flush=True)
