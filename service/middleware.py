@@ -41,7 +41,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
+        given = header_value(scope, b"x-request-id")
         rid = given if given is not None and REQUEST_ID.fullmatch(given) else new_request_id()
         token = log.request_id.set(rid)
 
@@ -79,7 +79,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = _header(scope, b"content-length")
+        length = header_value(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._refuse(send, int(length))
             return
@@ -139,7 +139,8 @@ async def _answer(send: Send, exc: ServiceError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header_value(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower case, as ASGI servers give names), or None."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))

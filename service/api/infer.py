@@ -16,11 +16,11 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Scope
 
 from service import metrics
 from service.api.timing import SERVER_TIMING, server_timing, start
 from service.errors import InvalidInput, ModelNotReady, RequestTimeout
+from service.middleware import header_value
 from service.protocol import codec
 from service.protocol.binary import HEADER_LENGTH
 from service.protocol.codec import DecodeLimits
@@ -31,6 +31,8 @@ from service.settings import Settings
 from service.timing import RequestTiming
 
 logger = logging.getLogger(__name__)
+
+_HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 
 
 def make_pool(settings: Settings) -> CodecPool:
@@ -71,7 +73,8 @@ async def _infer(request: Request, *, name: str, version: str | None, timing: Re
     if registry is None or pool is None:
         await request.body()
         raise ModelNotReady("the server is starting: models are still loading", headers={"Retry-After": "1"})
-    encoding, header_length = _codec_headers(request.scope)
+    encoding = header_value(request.scope, b"content-encoding")
+    header_length = header_value(request.scope, _HEADER_LENGTH)
     # BodyLimit's 413 and a client's disconnect propagate
     body = await pool.receive(request.receive, content_encoding=encoding, header_length=header_length)
     try:
@@ -100,21 +103,6 @@ async def _infer(request: Request, *, name: str, version: str | None, timing: Re
     if encoded.header_length is not None:
         headers[HEADER_LENGTH] = str(encoded.header_length)
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)
-
-
-_CONTENT_ENCODING, _HEADER_LENGTH = b"content-encoding", HEADER_LENGTH.lower().encode()
-
-
-def _codec_headers(scope: Scope) -> tuple[str | None, str | None]:
-    """Content-Encoding and Inference-Header-Content-Length, in one pass over the raw headers (ASGI
-    servers give names in lower case; the first of repeated ones counts, as Starlette's `Headers.get`)."""
-    encoding = length = None
-    for key, value in scope["headers"]:
-        if key == _CONTENT_ENCODING and encoding is None:  # the first one counts, as in Starlette
-            encoding = value.decode("latin-1")
-        elif key == _HEADER_LENGTH and length is None:
-            length = value.decode("latin-1")
-    return encoding, length
 
 
 def default_timeout_s(model: LoadedModel, settings: Settings) -> float:
